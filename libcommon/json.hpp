@@ -1,0 +1,76 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// JSON text in and out with RapidJSON, keeping where every value came from
+/// so that errors can name the file, line and column of a key.
+
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <rapidjson/document.h>
+
+#include "result.hpp"
+
+namespace kiln::json {
+
+using Document = rapidjson::Document;
+using Value = rapidjson::Value;
+using Allocator = rapidjson::Document::AllocatorType;
+
+/// A parsed text and the byte offset of every value in it, by JSON pointer.
+/// For an object member the offset is that of its key; for an array element
+/// that of the element itself.
+class SourceMap {
+ public:
+  SourceMap() = default;
+  SourceMap(std::string name, std::string text);
+
+  const std::string& name() const { return name_; }
+  const std::string& text() const { return text_; }
+
+  /// Location of `pointer`, or of its nearest ancestor that was recorded.
+  Location locate(const std::string& pointer) const;
+  /// Location of a byte offset into the text.
+  Location at_offset(size_t offset) const;
+  /// The text of line `line` (1-based), without its newline.
+  std::string_view line_text(int line) const;
+
+  void record(std::string pointer, size_t offset);
+
+ private:
+  std::string name_;
+  std::string text_;
+  std::vector<size_t> line_starts_;
+  std::unordered_map<std::string, size_t> offsets_;
+};
+
+/// Parses `text` (named `name` in messages) into `doc`, recording positions
+/// in `map`. A syntax error is returned (Exit::dataerr) with its location
+/// and a message that quotes the line with a caret under the column.
+/// Duplicate keys are not fatal: each one is appended to `duplicates`.
+Status parse(std::string_view text, const std::string& name, Document& doc,
+             SourceMap& map, Errors& duplicates);
+
+/// Parses one JSON text without positions (records, small files). Syntax
+/// errors carry the byte offset in the message.
+Status parse(std::string_view text, Document& doc);
+
+/// Serializes a value: compact (one line) or indented with two spaces.
+std::string to_string(const Value& value, bool pretty = false);
+
+/// Escapes a key for use as a JSON pointer token (~ → ~0, / → ~1).
+std::string pointer_token(std::string_view key);
+
+/// Appends "/token" to a pointer.
+std::string child(const std::string& pointer, std::string_view key);
+std::string child(const std::string& pointer, size_t index);
+
+/// A short description of a value's JSON type: "string", "object"...
+const char* type_name(const Value& value);
+
+/// The line of `map` at `where`, with a caret under the column, for error
+/// messages: "  3 |   "cpus": two,\n    |           ^".
+std::string quote_line(const SourceMap& map, const Location& where);
+
+}  // namespace kiln::json

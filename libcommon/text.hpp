@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// Small text operations shared by the tools: spelling suggestions,
+/// shell-style globs, list splitting.
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kiln::text {
+
+/// Optimal-string-alignment distance (Levenshtein plus transpositions).
+size_t edit_distance(std::string_view a, std::string_view b);
+
+/// The candidate closest to `word` when it is close enough to be a likely
+/// misspelling (distance at most a third of the word, at least 1); else "".
+std::string suggest(std::string_view word,
+                    const std::vector<std::string>& candidates);
+
+/// fnmatch-style glob: * ? and [...] (with ! or ^ negation); no escapes
+/// beyond "\\x" meaning a literal x.
+bool glob_match(std::string_view pattern, std::string_view name);
+
+/// Splits on `sep`, trimming spaces around each item and dropping empties.
+std::vector<std::string> split_list(std::string_view s, char sep = ',');
+
+/// Joins with `sep`.
+std::string join(const std::vector<std::string>& items, std::string_view sep);
+
+/// True when `s` starts/ends with `affix`.
+bool starts_with(std::string_view s, std::string_view affix);
+bool ends_with(std::string_view s, std::string_view affix);
+
+/// Replaces every occurrence of `from` (non-empty) by `to`.
+std::string replace_all(std::string_view s, std::string_view from,
+                        std::string_view to);
+
+}  // namespace kiln::text
