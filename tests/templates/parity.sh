@@ -76,7 +76,7 @@ for f in "${templates[@]}"; do printf '%s\0' "${f%.json}"; done |
 # ----------------------------------------------------------------- compare
 declare -A exception=()
 if [[ -f EXCEPTIONS ]]; then
-  while IFS=$'\t' read -r name verdict reason || [[ -n "$name" ]]; do
+  while IFS=$'\t' read -r name verdict _ || [[ -n "$name" ]]; do
     [[ -z "$name" || "$name" == \#* ]] && continue
     exception[$name]=$verdict
   done <EXCEPTIONS
