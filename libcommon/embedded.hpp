@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// Files compiled into the library at build time: the JSON Schemas of
-/// schemas/ and the default template of pipelines/examples/.
+/// schemas/, so every tool validates with exactly the files shipped.
 
 #include <optional>
 #include <string_view>

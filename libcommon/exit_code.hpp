@@ -2,6 +2,7 @@
 #pragma once
 /// The exit statuses of every kiln tool, named once (sysexits.h values).
 
+#include <ostream>
 #include <string_view>
 
 namespace kiln {
@@ -27,5 +28,9 @@ inline int to_int(Exit e) { return static_cast<int>(e); }
 
 /// A short lowercase name for the status, used in error records and logs.
 std::string_view exit_name(Exit e);
+
+inline std::ostream& operator<<(std::ostream& os, Exit e) {
+  return os << to_int(e) << " (" << exit_name(e) << ")";
+}
 
 }  // namespace kiln

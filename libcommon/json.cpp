@@ -23,6 +23,11 @@ void SourceMap::record(std::string pointer, size_t offset) {
   offsets_.emplace(std::move(pointer), offset);
 }
 
+size_t SourceMap::offset_of(const std::string& pointer) const {
+  auto it = offsets_.find(pointer);
+  return it == offsets_.end() ? 0 : it->second;
+}
+
 Location SourceMap::at_offset(size_t offset) const {
   Location loc;
   loc.file = name_;
@@ -121,10 +126,10 @@ class Tracker {
   }
   bool String(const char* s, rapidjson::SizeType n, bool copy) {
     place(string_start(in_.Tell()));
-    return after(doc_.String(s, n, copy));
+    return doc_.String(s, n, copy);
   }
   bool StartObject() {
-    place(in_.Tell() - 1);
+    place(bracket_offset());
     frames_.push_back(Frame{current_, true, {}, 0, {}});
     return doc_.StartObject();
   }
@@ -145,16 +150,16 @@ class Tracker {
   }
   bool EndObject(rapidjson::SizeType n) {
     frames_.pop_back();
-    return after(doc_.EndObject(n));
+    return doc_.EndObject(n);
   }
   bool StartArray() {
-    place(in_.Tell() - 1);
+    place(bracket_offset());
     frames_.push_back(Frame{current_, false, {}, 0, {}});
     return doc_.StartArray();
   }
   bool EndArray(rapidjson::SizeType n) {
     frames_.pop_back();
-    return after(doc_.EndArray(n));
+    return doc_.EndArray(n);
   }
 
  private:
@@ -189,9 +194,17 @@ class Tracker {
                                 .find(s[start - 1]) != std::string_view::npos)
       --start;
     place(start);
-    return after(ok);
+    return ok;
   }
-  bool after(bool ok) { return ok; }
+
+  /// The offset of the '{' or '[' just seen: the iterative reader reports
+  /// the start before it consumes the bracket, the recursive one after.
+  size_t bracket_offset() const {
+    size_t at = in_.Tell();
+    const std::string_view s = in_.s_;
+    if (at < s.size() && (s[at] == '{' || s[at] == '[')) return at;
+    return at > 0 ? at - 1 : 0;
+  }
 
   /// The offset of the opening quote of the string that ends at `end`.
   size_t string_start(size_t end) const {

@@ -37,6 +37,8 @@ class SourceMap {
   std::string_view line_text(int line) const;
 
   void record(std::string pointer, size_t offset);
+  /// The recorded offset of `pointer`, or 0.
+  size_t offset_of(const std::string& pointer) const;
 
  private:
   std::string name_;

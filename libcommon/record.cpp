@@ -51,6 +51,22 @@ Status validate(const rapidjson::Value& record) {
                        " is newer than this tool reads (" +
                        std::to_string(kVersion) + "); update kiln");
   }
+  // Sections with a schema file of their own are checked against it
+  // directly first: RapidJSON cannot say which rule of a schema reached
+  // through a $ref to another file was broken, and the message should.
+  if (record.IsObject()) {
+    for (const auto& [section, file] :
+         {std::pair{"build", "build.schema.json"}, std::pair{"error", "error.schema.json"}}) {
+      auto it = record.FindMember(section);
+      if (it == record.MemberEnd()) continue;
+      if (auto st = schema::validate(it->value, file); !st) {
+        Error e = st.error();
+        e.message = "/" + std::string(section) + e.message;
+        e.where.pointer = "/" + std::string(section) + e.where.pointer;
+        return e;
+      }
+    }
+  }
   return schema::validate(record, "record.schema.json");
 }
 

@@ -59,7 +59,11 @@ const rapidjson::SchemaDocument& compiled(std::string_view name) {
 
 const rapidjson::SchemaDocument* Provider::GetRemoteDocument(
     const char* uri, rapidjson::SizeType length) {
-  std::string_view name(uri, length);
+  // RapidJSON 1.1.0 passes a length one short of the text before '#'
+  // (uri still points into the whole NUL-terminated $ref string), so the
+  // name is read up to the '#' here rather than trusted from `length`.
+  (void)length;
+  std::string_view name(uri);
   if (auto hash = name.find('#'); hash != std::string_view::npos)
     name = name.substr(0, hash);
   if (!embedded::find(name)) return nullptr;
@@ -149,8 +153,7 @@ Status validate(const rapidjson::Value& value, std::string_view name) {
       if (f.name == name) break;
     }
   }
-  std::string msg = (where.empty() ? std::string("(top level)") : where) +
-                    ": " + explain(rule, keyword);
+  std::string msg = where + ": " + explain(rule, keyword);
   Error e(Exit::dataerr, msg);
   e.where.pointer = where;
   return e;

@@ -5,6 +5,7 @@
 /// and Packer's per-type rules, and turned into normalized build sections.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,8 +23,8 @@ inline constexpr const char* kPackerVersion = "1.6.6";
 /// What to load and how, as given on the command line.
 struct Request {
   std::string path;  ///< the template; "-" reads stdin
-  /// -var NAME=VALUE and -var-file FILE, in command-line order: Packer
-  /// applies them in that order, later wins.
+  /// -var NAME=VALUE and -var-file FILE. As in Packer, every var file
+  /// applies before any -var; within each kind later wins.
   struct VarSource {
     bool is_file = false;
     std::string text;  ///< "NAME=VALUE" or the file's path
@@ -34,7 +35,9 @@ struct Request {
   bool syntax_only = false;
   std::string on_error = "cleanup";
   std::int64_t timestamp = 0;  ///< unix seconds; fixed for the whole run
-  std::string template_text;   ///< when non-empty, used instead of reading path
+  /// The template's text, when the caller has it already (tests, fuzzing);
+  /// `path` then only names it.
+  std::optional<std::string> template_text;
 };
 
 /// What came of it: the build sections (one per selected build, in template

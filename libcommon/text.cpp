@@ -141,6 +141,17 @@ bool ends_with(std::string_view s, std::string_view affix) {
          s.substr(s.size() - affix.size()) == affix;
 }
 
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
 std::string replace_all(std::string_view s, std::string_view from,
                         std::string_view to) {
   std::string out;

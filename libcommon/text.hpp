@@ -31,6 +31,9 @@ std::string join(const std::vector<std::string>& items, std::string_view sep);
 bool starts_with(std::string_view s, std::string_view affix);
 bool ends_with(std::string_view s, std::string_view affix);
 
+/// ASCII case-insensitive equality.
+bool iequals(std::string_view a, std::string_view b);
+
 /// Replaces every occurrence of `from` (non-empty) by `to`.
 std::string replace_all(std::string_view s, std::string_view from,
                         std::string_view to);

@@ -1,0 +1,38 @@
+#define BOOST_TEST_MODULE text
+#include <boost/test/unit_test.hpp>
+
+#include "text.hpp"
+
+using namespace kiln;
+
+BOOST_AUTO_TEST_CASE(edit_distance_counts_transpositions_once) {
+  BOOST_TEST(text::edit_distance("ssh_username", "ssh_usernme") == 1u);
+  BOOST_TEST(text::edit_distance("cpus", "cups") == 1u);
+  BOOST_TEST(text::edit_distance("", "abc") == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(suggests_only_close_words) {
+  std::vector<std::string> keys = {"ssh_username", "ssh_password", "memory"};
+  BOOST_TEST(text::suggest("ssh_usernme", keys) == "ssh_username");
+  BOOST_TEST(text::suggest("memroy", keys) == "memory");
+  BOOST_TEST(text::suggest("banana", keys) == "");
+}
+
+BOOST_AUTO_TEST_CASE(globs) {
+  BOOST_TEST(text::glob_match("qemu-*", "qemu-web"));
+  BOOST_TEST(!text::glob_match("qemu-*", "null"));
+  BOOST_TEST(text::glob_match("*", ""));
+  BOOST_TEST(text::glob_match("a?c", "abc"));
+  BOOST_TEST(text::glob_match("[ab]x", "bx"));
+  BOOST_TEST(!text::glob_match("[!ab]x", "bx"));
+  BOOST_TEST(text::glob_match("*-*-end", "a-b-c-end"));
+  BOOST_TEST(!text::glob_match("web", "web2"));
+}
+
+BOOST_AUTO_TEST_CASE(lists) {
+  auto l = text::split_list(" a, b ,,c ");
+  BOOST_REQUIRE_EQUAL(l.size(), 3u);
+  BOOST_TEST(l[1] == "b");
+  BOOST_TEST(text::join(l, "+") == "a+b+c");
+  BOOST_TEST(text::replace_all("aXbXc", "X", "--") == "a--b--c");
+}
