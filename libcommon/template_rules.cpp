@@ -1070,6 +1070,9 @@ std::string lookup_problem(const std::string& program) {
 void ansible_provisioner(Config& c) {
   c.default_str("command", "ansible-playbook");
   c.default_str("galaxy_command", "ansible-galaxy");
+  // A program named by a path, not looked up in $PATH, is a local file.
+  for (const char* key : {"command", "galaxy_command"})
+    if (c.str(key).find('/') != std::string::npos) c.resolve(key);
   c.default_str("host_alias", "default");
   check_ansible_file(c, "playbook_file", true);
   check_ansible_file(c, "galaxy_file", false);

@@ -39,6 +39,9 @@ struct TemplateDir {
     write("id_test", openssh_key("none"));
     write("id_locked", openssh_key("aes256-ctr"));
     fs::create_directory(dir / "http");
+    fs::create_directory(dir / "bin");
+    write("bin/ansible-playbook", "#!/bin/sh\necho 'ansible-playbook 2.9.6'\n");
+    fs::permissions(dir / "bin/ansible-playbook", fs::perms::owner_all);
   }
   ~TemplateDir() {
     std::error_code ec;
@@ -594,6 +597,18 @@ BOOST_AUTO_TEST_CASE(ansible_checks_its_files_and_program) {
   auto sh = check(Kind::provisioner, "ansible",
                   R"({"type": "ansible", "command": "sh", "playbook_file": ")" + t.path("playbook.yml") + "\"}", t, V);
   BOOST_TEST(sh.errors.empty());
+  // A relative path to the program is relative to the template's folder.
+  auto local = check(Kind::provisioner, "ansible",
+                     R"({"type": "ansible", "command": "bin/ansible-playbook", "playbook_file": ")" +
+                         t.path("playbook.yml") + "\"}", t, V);
+  BOOST_TEST(local.errors.empty());
+  BOOST_TEST(local.str("command") == t.path("bin/ansible-playbook"));
+  auto gone = check(Kind::provisioner, "ansible",
+                    R"({"type": "ansible", "command": "bin/gone", "playbook_file": ")" +
+                        t.path("playbook.yml") + "\"}", t, V);
+  BOOST_TEST(gone.error_at(V + "/command") ==
+             "Error running \"" + t.path("bin/gone") + " --version\": exec: \"" + t.path("bin/gone") +
+                 "\": stat " + t.path("bin/gone") + ": no such file or directory");
 }
 
 BOOST_AUTO_TEST_CASE(breakpoint_and_unknown_types_are_left_alone) {
