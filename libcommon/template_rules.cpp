@@ -305,7 +305,8 @@ std::string atoi_error(const std::string& s) {
 
 std::string tunnel_problem(const std::string& forward) {
   auto colon = forward.find(':');
-  if (colon == std::string::npos) return "Error parsing tunnel '" + forward + "': [" + forward + "]";
+  if (colon == std::string::npos)
+    return "Error parsing tunnel '" + forward + "': [" + forward + "]";
   std::string listening = forward.substr(0, colon), port;
   if (std::string e = split_host_port(forward.substr(colon + 1), port); !e.empty())
     return "Error parsing forwarding, must be a tcp address: " + e;
@@ -322,7 +323,11 @@ class Config {
  public:
   Config(Value& obj, Alloc& alloc, const BuildInfo& build, const std::string& pointer,
          Errors& errors, Errors& warnings)
-      : obj_(obj), alloc_(alloc), build_(build), pointer_(pointer), errors_(errors),
+      : obj_(obj),
+        alloc_(alloc),
+        build_(build),
+        pointer_(pointer),
+        errors_(errors),
         warnings_(warnings) {}
 
   const BuildInfo& build() const { return build_; }
@@ -456,8 +461,10 @@ class Config {
     std::string out = pointer_ + "/";
     for (char c : key) {
       // Only the key's own name needs escaping; "/N" after it is an index.
-      if (c == '~') out += "~0";
-      else out += c;
+      if (c == '~')
+        out += "~0";
+      else
+        out += c;
     }
     return out;
   }
@@ -525,7 +532,8 @@ void prepare_communicator(Config& c) {
     return c.error("communicator", "Communicator type " + type + " is invalid");
   if (type == "docker" || type == "dockerWindowsContainer")
     c.warn("communicator",
-           "the " + type + " communicator only works with Docker builders; kiln cannot connect with it");
+           "the " + type +
+               " communicator only works with Docker builders; kiln cannot connect with it");
 
   if (type == "ssh") {
     c.default_int("ssh_port", 22);
@@ -576,7 +584,8 @@ void prepare_communicator(Config& c) {
       c.error("ssh_file_transfer_method",
               "ssh_file_transfer_method ('" + method + "') is invalid, valid methods: sftp, scp");
     if (!c.str("ssh_bastion_host").empty() && !c.str("ssh_proxy_host").empty())
-      c.error("ssh_proxy_host", "please specify either ssh_bastion_host or ssh_proxy_host, not both");
+      c.error("ssh_proxy_host",
+              "please specify either ssh_bastion_host or ssh_proxy_host, not both");
     for (const char* key : {"ssh_local_tunnels", "ssh_remote_tunnels"}) {
       std::vector<std::string> tunnels = c.strings(key);
       for (size_t i = 0; i < tunnels.size(); ++i)
@@ -611,10 +620,12 @@ void null_builder(Config& c) {
   const bool key = !c.str("ssh_private_key_file").empty();
   const bool ssh_password = !c.str("ssh_password").empty();
   if (!agent && password.empty() && !key)
-    c.error("", "one authentication method must be specified, please reference your "
-                "communicator documentation");
+    c.error("",
+            "one authentication method must be specified, please reference your "
+            "communicator documentation");
   if ((agent && (ssh_password || key)) || (ssh_password && key))
-    c.error("", "only one of ssh_agent_auth, ssh_password, and ssh_private_key_file must be specified");
+    c.error("",
+            "only one of ssh_agent_auth, ssh_password, and ssh_private_key_file must be specified");
 }
 
 /// disk_size as Packer reads it (digits and an optional b, k, m, g or t in
@@ -675,7 +686,8 @@ void prepare_iso(Config& c) {
     if (is_url(where) && !starts_with(where, "file://")) {
       normalized = sum;  // remote: fetched and checked with the ISO itself
     } else {
-      const std::string path = c.local_path(starts_with(where, "file://") ? where.substr(7) : where);
+      const std::string path =
+          c.local_path(starts_with(where, "file://") ? where.substr(7) : where);
       std::optional<std::string> text;
       if (where.empty())
         problem = "Error downloading checksum file: error downloading ''";
@@ -705,8 +717,8 @@ void prepare_iso(Config& c) {
     else if (colon == std::string::npos && type_for_length(bytes).empty())
       problem = "Unknown type for checksum " + sum;
     else
-      normalized = (colon == std::string::npos ? type_for_length(bytes) : lower(type)) + ":" +
-                   lower(value);
+      normalized =
+          (colon == std::string::npos ? type_for_length(bytes) : lower(type)) + ":" + lower(value);
   }
   if (!problem.empty())
     c.error("iso_checksum", problem + " in \"" + sum + "\"");
@@ -716,8 +728,8 @@ void prepare_iso(Config& c) {
     c.error("iso_checksum", "Error parsing checksum: .iso is not a valid checksum ending");
 }
 
-const std::vector<std::string> kSysprep = {"machine-id", "ssh-host-keys", "logs", "shell-history",
-                                           "tmp", "dhcp-leases", "package-cache"};
+const std::vector<std::string> kSysprep = {
+    "machine-id", "ssh-host-keys", "logs", "shell-history", "tmp", "dhcp-leases", "package-cache"};
 const std::vector<std::string> kImageFormats = {"qcow2", "raw", "vmdk", "vhdx", "vdi"};
 
 /// kiln's own keys: formats, cloud_init, sysprep.
@@ -860,8 +872,9 @@ void qemu_builder(Config& c) {
   if (c.flag("skip_resize_disk") && !c.flag("disk_image"))
     c.error("skip_resize_disk", "skip_resize_disk can only be used when disk_image is true");
   if (c.has("accelerator") && !contains(kAccelerators, c.str("accelerator")))
-    c.error("accelerator", "invalid accelerator, only 'kvm', 'tcg', 'xen', 'hax', 'hvf', "
-                           "'whpx', or 'none' are allowed");
+    c.error("accelerator",
+            "invalid accelerator, only 'kvm', 'tcg', 'xen', 'hax', 'hvf', "
+            "'whpx', or 'none' are allowed");
   if (!contains(kDiskInterfaces, c.str("disk_interface")))
     c.error("disk_interface", "unrecognized disk interface type");
   if (!contains(kDiskCaches, c.str("disk_cache")))
@@ -872,7 +885,8 @@ void qemu_builder(Config& c) {
     c.error("disk_detect_zeroes", "unrecognized disk detect zeroes setting");
   // Packer will not build into an existing directory without -force.
   if (const std::string dir = c.str("output_directory"); stat_error(dir).empty())
-    c.error("output_directory", "Output directory '" + dir + "' already exists. It must not exist.");
+    c.error("output_directory",
+            "Output directory '" + dir + "' already exists. It must not exist.");
   if (c.integer("vnc_port_min") > c.integer("vnc_port_max"))
     c.error("vnc_port_min", "vnc_port_min must be less than vnc_port_max");
   if (!c.str("net_bridge").empty() || c.flag("vnc_use_password")) c.set("qmp_enable", true);
@@ -885,8 +899,9 @@ void qemu_builder(Config& c) {
 
 // ---- provisioners ----
 
-/// The scripts of `key`, each with the pointer of where it was written.
-std::vector<std::string> listed(const Config& c, const char* key, std::vector<std::string>& origin) {
+/// The strings of the list `key`, and in `origin` the pointer of each.
+std::vector<std::string> listed(const Config& c, const char* key,
+                                std::vector<std::string>& origin) {
   std::vector<std::string> list = c.strings(key);
   for (size_t i = 0; i < list.size(); ++i) origin.push_back(Config::item(key, i));
   return list;
@@ -969,7 +984,7 @@ void file_provisioner(Config& c) {
   if (c.str("destination").empty()) c.error("destination", "Destination must be specified.");
 }
 
-const std::vector<std::string> kHostSystems = {"darwin", "freebsd", "linux",
+const std::vector<std::string> kHostSystems = {"darwin",  "freebsd", "linux",
                                                "openbsd", "solaris", "windows"};
 
 /// shell-local's Validate on a Unix host, shared by the provisioner and the
@@ -1016,9 +1031,9 @@ void shell_local(Config& c) {
   for (size_t i = 0; i < only_on.size(); ++i)
     if (!contains(kHostSystems, only_on[i]))
       // Packer stops here, and drops what it found before.
-      return c.error(Config::item("only_on", i), "Invalid OS specified in only_on: '" +
-                                                     only_on[i] + "'. Supported OS names: " +
-                                                     join(kHostSystems, ", "));
+      return c.error(Config::item("only_on", i),
+                     "Invalid OS specified in only_on: '" + only_on[i] +
+                         "'. Supported OS names: " + join(kHostSystems, ", "));
 
   if (c.flag("use_linux_pathing")) {
     // Paths for the Windows Subsystem for Linux start with a drive
@@ -1026,7 +1041,8 @@ void shell_local(Config& c) {
     if (!scripts.empty())
       return c.error(origin[0],
                      "There was an error splitting your absolute path; expected to find a drive "
-                     "following the format ':/' but did not: absolute path: " + scripts[0]);
+                     "following the format ':/' but did not: absolute path: " +
+                         scripts[0]);
     if (!inl.empty())
       c.error("use_linux_pathing",
               "Packer is unable to use the Command and Inline features with the Windows Linux "
@@ -1055,7 +1071,9 @@ void check_ansible_file(Config& c, const char* key, bool required) {
 /// $PATH, anything with a slash taken as it is.
 std::string lookup_problem(const std::string& program) {
   const std::string pre = "exec: \"" + program + "\": ";
-  auto runnable = [](const std::string& p) { return ::access(p.c_str(), X_OK) == 0 && !is_directory(p); };
+  auto runnable = [](const std::string& p) {
+    return ::access(p.c_str(), X_OK) == 0 && !is_directory(p);
+  };
   if (program.find('/') != std::string::npos) {
     if (std::string e = stat_error(program); !e.empty()) return pre + e;
     return runnable(program) ? "" : pre + "permission denied";
@@ -1194,8 +1212,7 @@ void vagrant_post_processor(Config& c) {
 }
 
 void artifice_post_processor(Config& c) {
-  if (c.strings("files").empty())
-    c.error("files", "No files specified in artifice configuration");
+  if (c.strings("files").empty()) c.error("files", "No files specified in artifice configuration");
 }
 
 }  // namespace
@@ -1207,22 +1224,34 @@ void apply(Kind kind, std::string_view type, rapidjson::Value& config,
   Config c(config, alloc, build, pointer, errors, warnings);
   switch (kind) {
     case Kind::builder:
-      if (type == "qemu") qemu_builder(c);
-      else if (type == "null") null_builder(c);
+      if (type == "qemu")
+        qemu_builder(c);
+      else if (type == "null")
+        null_builder(c);
       break;
     case Kind::provisioner:
-      if (type == "shell") shell_provisioner(c);
-      else if (type == "file") file_provisioner(c);
-      else if (type == "shell-local") shell_local(c);
-      else if (type == "ansible") ansible_provisioner(c);
+      if (type == "shell")
+        shell_provisioner(c);
+      else if (type == "file")
+        file_provisioner(c);
+      else if (type == "shell-local")
+        shell_local(c);
+      else if (type == "ansible")
+        ansible_provisioner(c);
       break;  // breakpoint has no rules
     case Kind::post_processor:
-      if (type == "checksum") checksum_post_processor(c);
-      else if (type == "compress") compress_post_processor(c);
-      else if (type == "manifest") manifest_post_processor(c);
-      else if (type == "vagrant") vagrant_post_processor(c);
-      else if (type == "artifice") artifice_post_processor(c);
-      else if (type == "shell-local") shell_local(c);
+      if (type == "checksum")
+        checksum_post_processor(c);
+      else if (type == "compress")
+        compress_post_processor(c);
+      else if (type == "manifest")
+        manifest_post_processor(c);
+      else if (type == "vagrant")
+        vagrant_post_processor(c);
+      else if (type == "artifice")
+        artifice_post_processor(c);
+      else if (type == "shell-local")
+        shell_local(c);
       break;
   }
 }

@@ -1,19 +1,17 @@
 #define BOOST_TEST_MODULE template_rules
-#include <boost/test/unit_test.hpp>
-
-#include <stdlib.h>
-#include <unistd.h>
-
-#include <filesystem>
-#include <fstream>
-#include <string>
-#include <vector>
+#include "template_rules.hpp"
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <stdlib.h>
+#include <unistd.h>
 
-#include "template_rules.hpp"
+#include <boost/test/unit_test.hpp>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
 
 using namespace kiln;
 using rules::Kind;
@@ -112,9 +110,8 @@ struct Checked {
   }
 };
 
-Checked check(Kind kind, const std::string& type, const std::string& json,
-              const TemplateDir& t, const std::string& pointer = "/builders/0",
-              const std::string& build = "qemu") {
+Checked check(Kind kind, const std::string& type, const std::string& json, const TemplateDir& t,
+              const std::string& pointer = "/builders/0", const std::string& build = "qemu") {
   Checked out;
   out.config.Parse(json.c_str());
   BOOST_REQUIRE_MESSAGE(!out.config.HasParseError() && out.config.IsObject(), json);
@@ -190,7 +187,8 @@ BOOST_AUTO_TEST_CASE(qemu_needs_one_iso_source_and_a_checksum) {
   BOOST_TEST(no_sum.error_at(P + "/iso_checksum") == "A checksum must be specified");
   auto skip = check(Kind::builder, "qemu",
                     R"({"type": "qemu", "iso_url": "http://x/a.iso", "iso_skip_cache": true,
-                        "ssh_username": "u"})", t);
+                        "ssh_username": "u"})",
+                    t);
   BOOST_TEST(skip.errors.empty());
   BOOST_TEST(skip.str("iso_checksum") == "none");
   BOOST_TEST(skip.strings("iso_urls") == std::vector<std::string>{"http://x/a.iso"});
@@ -204,13 +202,15 @@ BOOST_AUTO_TEST_CASE(qemu_checksums_read_as_go_getter_does) {
   const std::string sha256 = "ed363350696a726b7932db864dda019bd2017365c9e299627830f06954643f93";
   std::vector<Case> cases = {
       {"md5:090992BA9FD140077B0661CB75F7CE13", "md5:090992ba9fd140077b0661cb75f7ce13", ""},
-      {"ebfb681885ddf1234c18094a45bbeafd91467911", "sha1:ebfb681885ddf1234c18094a45bbeafd91467911", ""},
+      {"ebfb681885ddf1234c18094a45bbeafd91467911", "sha1:ebfb681885ddf1234c18094a45bbeafd91467911",
+       ""},
       {"SHA256:" + sha256, "sha256:" + sha256, ""},
       {"file:SHA256SUMS", "sha256:" + sha256, ""},
       {"file:https://example.org/SHA256SUMS", "file:https://example.org/SHA256SUMS", ""},
       {"sha384:00", "", "unsupported checksum type: sha384 in \"sha384:00\""},
       {"sha224:abc", "", "invalid checksum: encoding/hex: odd length hex string in \"sha224:abc\""},
-      {"sha256:xyz", "", "invalid checksum: encoding/hex: invalid byte: U+0078 'x' in \"sha256:xyz\""},
+      {"sha256:xyz", "",
+       "invalid checksum: encoding/hex: invalid byte: U+0078 'x' in \"sha256:xyz\""},
       {"abcd", "", "Unknown type for checksum abcd in \"abcd\""},
       {"file:missing.sum", "",
        "Error downloading checksum file: source path error: stat " + t.path("missing.sum") +
@@ -230,9 +230,11 @@ BOOST_AUTO_TEST_CASE(qemu_checksums_read_as_go_getter_does) {
   }
   auto iso = check(Kind::builder, "qemu",
                    R"({"type": "qemu", "iso_url": "a.iso", "iso_checksum": "a.iso",
-                       "ssh_username": "u"})", t);
+                       "ssh_username": "u"})",
+                   t);
   BOOST_TEST(iso.errors.size() == 2u);
-  BOOST_TEST(iso.errors[1].message == "Error parsing checksum: .iso is not a valid checksum ending");
+  BOOST_TEST(iso.errors[1].message ==
+             "Error parsing checksum: .iso is not a valid checksum ending");
 }
 
 BOOST_AUTO_TEST_CASE(qemu_disk_size_becomes_mebibytes) {
@@ -241,8 +243,12 @@ BOOST_AUTO_TEST_CASE(qemu_disk_size_becomes_mebibytes) {
     std::string json;
     int64_t mib;
   };
-  for (const Case& c : std::vector<Case>{{"\"10G\"", 10240}, {"\"10240\"", 10240}, {"20480", 20480},
-                                         {"\"512k\"", 1}, {"\"0\"", 40960}, {"\"1t\"", 1048576},
+  for (const Case& c : std::vector<Case>{{"\"10G\"", 10240},
+                                         {"\"10240\"", 10240},
+                                         {"20480", 20480},
+                                         {"\"512k\"", 1},
+                                         {"\"0\"", 40960},
+                                         {"\"1t\"", 1048576},
                                          {"\"2147483648b\"", 2048}}) {
     auto r = check(Kind::builder, "qemu", qemu("\"disk_size\": " + c.json), t);
     BOOST_TEST_CONTEXT(c.json) {
@@ -278,31 +284,37 @@ BOOST_AUTO_TEST_CASE(qemu_closed_sets_and_combinations) {
                  .find("invalid accelerator, only 'kvm'") == 0);
   BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("disk_interface": "sata")"), t)
                  .error_at(P + "/disk_interface") == "unrecognized disk interface type");
-  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("disk_cache": "x")"), t)
-                 .error_at(P + "/disk_cache") == "unrecognized disk cache type");
+  BOOST_TEST(
+      check(Kind::builder, "qemu", qemu(R"("disk_cache": "x")"), t).error_at(P + "/disk_cache") ==
+      "unrecognized disk cache type");
   BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("disk_discard": "x")"), t)
                  .error_at(P + "/disk_discard") == "unrecognized disk discard type");
   BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("disk_detect_zeroes": "x")"), t)
                  .error_at(P + "/disk_detect_zeroes") == "unrecognized disk detect zeroes setting");
   // Packer 1.6.6 does not check net_device or cdrom_interface.
-  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("net_device": "e1000e", "cdrom_interface": "x")"), t)
-                 .errors.empty());
+  BOOST_TEST(
+      check(Kind::builder, "qemu", qemu(R"("net_device": "e1000e", "cdrom_interface": "x")"), t)
+          .errors.empty());
 }
 
 BOOST_AUTO_TEST_CASE(qemu_port_ranges) {
   TemplateDir t;
-  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("http_port_min": 9500, "http_port_max": 9000)"), t)
-                 .error_at(P + "/http_port_min") == "http_port_min must be less than http_port_max");
+  BOOST_TEST(
+      check(Kind::builder, "qemu", qemu(R"("http_port_min": 9500, "http_port_max": 9000)"), t)
+          .error_at(P + "/http_port_min") == "http_port_min must be less than http_port_max");
   BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("vnc_port_min": 7000, "vnc_port_max": 6000)"), t)
                  .error_at(P + "/vnc_port_min") == "vnc_port_min must be less than vnc_port_max");
-  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("host_port_min": 5000, "host_port_max": 4000)"), t)
-                 .error_at(P + "/host_port_min") == "host_port_min must be less than host_port_max");
+  BOOST_TEST(
+      check(Kind::builder, "qemu", qemu(R"("host_port_min": 5000, "host_port_max": 4000)"), t)
+          .error_at(P + "/host_port_min") == "host_port_min must be less than host_port_max");
   BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("host_port_min": -5)"), t)
                  .error_at(P + "/host_port_min") == "host_port_min must be positive");
-  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("http_port_min": 8100, "http_port_max": 8100)"), t)
-                 .errors.empty());
+  BOOST_TEST(
+      check(Kind::builder, "qemu", qemu(R"("http_port_min": 8100, "http_port_max": 8100)"), t)
+          .errors.empty());
   // The deprecated names win and leave the record.
-  auto old = check(Kind::builder, "qemu", qemu(R"("ssh_host_port_min": 3000, "ssh_host_port_max": 3100)"), t);
+  auto old = check(Kind::builder, "qemu",
+                   qemu(R"("ssh_host_port_min": 3000, "ssh_host_port_max": 3100)"), t);
   BOOST_TEST(old["host_port_min"].GetInt64() == 3000);
   BOOST_TEST(old["host_port_max"].GetInt64() == 3100);
   BOOST_TEST(!old.has("ssh_host_port_min"));
@@ -313,16 +325,18 @@ BOOST_AUTO_TEST_CASE(qemu_port_ranges) {
 
 BOOST_AUTO_TEST_CASE(qemu_local_files_must_exist) {
   TemplateDir t;
-  auto r = check(Kind::builder, "qemu",
-                 qemu(R"("floppy_files": [")" + t.path("setup.sh") + R"(", ")" + t.path("nope.cfg") +
-                      R"(", "*.cfg"], "cd_files": ["[bad"], "floppy_dirs": ["/nonexistent-dir"])"),
-                 t);
-  BOOST_TEST(r.error_at(P + "/floppy_files/1") ==
-             "Bad Floppy disk file '" + t.path("nope.cfg") + "': stat " + t.path("nope.cfg") +
-                 ": no such file or directory");
+  auto r =
+      check(Kind::builder, "qemu",
+            qemu(R"("floppy_files": [")" + t.path("setup.sh") + R"(", ")" + t.path("nope.cfg") +
+                 R"(", "*.cfg"], "cd_files": ["[bad"], "floppy_dirs": ["/nonexistent-dir"])"),
+            t);
+  BOOST_TEST(r.error_at(P + "/floppy_files/1") == "Bad Floppy disk file '" + t.path("nope.cfg") +
+                                                      "': stat " + t.path("nope.cfg") +
+                                                      ": no such file or directory");
   BOOST_TEST(r.error_at(P + "/floppy_files/2") == "<nothing at " + P + "/floppy_files/2>");
   BOOST_TEST(r.error_at(P + "/cd_files/0") == "Bad CD disk file '[bad': syntax error in pattern");
-  BOOST_TEST(r.error_at(P + "/floppy_dirs/0").find("Bad Floppy disk directory '/nonexistent-dir'") == 0);
+  BOOST_TEST(
+      r.error_at(P + "/floppy_dirs/0").find("Bad Floppy disk directory '/nonexistent-dir'") == 0);
   BOOST_TEST(r.errors.size() == 3u);
 }
 
@@ -335,10 +349,13 @@ BOOST_AUTO_TEST_CASE(qemu_output_directory_must_not_exist) {
 
 BOOST_AUTO_TEST_CASE(qemu_boot_settings) {
   TemplateDir t;
-  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("boot_command": ["<enter>"], "disable_vnc": true)"), t)
-                 .error_at(P + "/boot_command") == "A boot command cannot be used when vnc is disabled.");
-  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("boot_wait": -1)"), t)["boot_wait"].GetDouble() == 0);
-  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("boot_wait": 0)"), t)["boot_wait"].GetDouble() == 10);
+  BOOST_TEST(
+      check(Kind::builder, "qemu", qemu(R"("boot_command": ["<enter>"], "disable_vnc": true)"), t)
+          .error_at(P + "/boot_command") == "A boot command cannot be used when vnc is disabled.");
+  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("boot_wait": -1)"), t)["boot_wait"].GetDouble() ==
+             0);
+  BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("boot_wait": 0)"), t)["boot_wait"].GetDouble() ==
+             10);
   auto qmp = check(Kind::builder, "qemu", qemu(R"("vnc_use_password": true)"), t);
   BOOST_TEST(qmp["qmp_enable"].GetBool());
   BOOST_TEST(qmp.str("qmp_socket_path") == t.path("output-qemu/packer-qemu.monitor"));
@@ -353,7 +370,8 @@ BOOST_AUTO_TEST_CASE(ssh_needs_a_user_and_usable_keys) {
   BOOST_TEST(no_user.error_at(P + "/ssh_username").find("An ssh_username must be specified") == 0);
   auto missing = check(Kind::builder, "qemu", qemu(R"("ssh_private_key_file": "nokey")"), t);
   BOOST_TEST(missing.error_at(P + "/ssh_private_key_file") ==
-             "ssh_private_key_file is invalid: stat " + t.path("nokey") + ": no such file or directory");
+             "ssh_private_key_file is invalid: stat " + t.path("nokey") +
+                 ": no such file or directory");
   auto garbage = check(Kind::builder, "qemu", qemu(R"("ssh_private_key_file": "garbage.key")"), t);
   BOOST_TEST(garbage.error_at(P + "/ssh_private_key_file") ==
              "ssh_private_key_file is invalid: Error setting up SSH config: Failed to read key '" +
@@ -364,10 +382,12 @@ BOOST_AUTO_TEST_CASE(ssh_needs_a_user_and_usable_keys) {
   auto good = check(Kind::builder, "qemu", qemu(R"("ssh_private_key_file": "id_test")"), t);
   BOOST_TEST(good.errors.empty());
   BOOST_TEST(good.str("ssh_private_key_file") == t.path("id_test"));
-  auto cert = check(Kind::builder, "qemu",
-                    qemu(R"("ssh_private_key_file": "id_test", "ssh_certificate_file": "id_test-cert.pub")"), t);
-  BOOST_TEST(cert.error_at(P + "/ssh_certificate_file").find("unable to read certificate file: open ") !=
-             std::string::npos);
+  auto cert = check(
+      Kind::builder, "qemu",
+      qemu(R"("ssh_private_key_file": "id_test", "ssh_certificate_file": "id_test-cert.pub")"), t);
+  BOOST_TEST(
+      cert.error_at(P + "/ssh_certificate_file").find("unable to read certificate file: open ") !=
+      std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(key_files_expand_the_home_folder) {
@@ -379,7 +399,10 @@ BOOST_AUTO_TEST_CASE(key_files_expand_the_home_folder) {
   auto plain = check(Kind::builder, "qemu", qemu(R"("ssh_private_key_file": "~/id_test")"), t);
   auto mangled = check(Kind::builder, "qemu",
                        qemu(R"("ssh_private_key_file": ")" + t.path("~/id_test") + "\""), t);
-  if (old) ::setenv("HOME", saved.c_str(), 1); else ::unsetenv("HOME");
+  if (old)
+    ::setenv("HOME", saved.c_str(), 1);
+  else
+    ::unsetenv("HOME");
   BOOST_TEST(plain.errors.empty());
   BOOST_TEST(plain.str("ssh_private_key_file") == t.path("id_test"));
   BOOST_TEST(mangled.str("ssh_private_key_file") == t.path("id_test"));
@@ -396,17 +419,22 @@ BOOST_AUTO_TEST_CASE(ssh_settings) {
   BOOST_TEST(check(Kind::builder, "qemu", qemu(R"("ssh_bastion_host": "b")"), t)
                  .error_at(P + "/ssh_bastion_host") ==
              "ssh_bastion_password or ssh_bastion_private_key_file must be specified");
-  auto bastion = check(Kind::builder, "qemu", qemu(R"("ssh_bastion_host": "b", "ssh_bastion_password": "p")"), t);
+  auto bastion = check(Kind::builder, "qemu",
+                       qemu(R"("ssh_bastion_host": "b", "ssh_bastion_password": "p")"), t);
   BOOST_TEST(bastion.errors.empty());
   BOOST_TEST(bastion["ssh_bastion_port"].GetInt64() == 22);
-  BOOST_TEST(check(Kind::builder, "qemu",
-                   qemu(R"("ssh_bastion_host": "b", "ssh_bastion_password": "p", "ssh_proxy_host": "x")"), t)
-                 .error_at(P + "/ssh_proxy_host") ==
-             "please specify either ssh_bastion_host or ssh_proxy_host, not both");
-  auto tunnels = check(Kind::builder, "qemu",
-                       qemu(R"("ssh_local_tunnels": ["8080:localhost:80", "foo"],
-                               "ssh_remote_tunnels": ["a:b", "x:h:80"])"), t);
-  BOOST_TEST(tunnels.error_at(P + "/ssh_local_tunnels/0") == "<nothing at " + P + "/ssh_local_tunnels/0>");
+  BOOST_TEST(
+      check(Kind::builder, "qemu",
+            qemu(R"("ssh_bastion_host": "b", "ssh_bastion_password": "p", "ssh_proxy_host": "x")"),
+            t)
+          .error_at(P + "/ssh_proxy_host") ==
+      "please specify either ssh_bastion_host or ssh_proxy_host, not both");
+  auto tunnels =
+      check(Kind::builder, "qemu", qemu(R"("ssh_local_tunnels": ["8080:localhost:80", "foo"],
+                               "ssh_remote_tunnels": ["a:b", "x:h:80"])"),
+            t);
+  BOOST_TEST(tunnels.error_at(P + "/ssh_local_tunnels/0") ==
+             "<nothing at " + P + "/ssh_local_tunnels/0>");
   BOOST_TEST(tunnels.error_at(P + "/ssh_local_tunnels/1") ==
              "ssh_local_tunnels ('foo') is invalid: Error parsing tunnel 'foo': [foo]");
   BOOST_TEST(tunnels.error_at(P + "/ssh_remote_tunnels/0") ==
@@ -422,10 +450,12 @@ BOOST_AUTO_TEST_CASE(other_communicators) {
   TemplateDir t;
   auto bad = check(Kind::builder, "qemu", qemu(R"("communicator": "telnet")"), t);
   BOOST_TEST(bad.error_at(P + "/communicator") == "Communicator type telnet is invalid");
-  auto none = check(Kind::builder, "qemu",
-                    R"({"type": "qemu", "iso_url": "a.iso", "iso_checksum": "none", "communicator": "none"})", t);
+  auto none = check(
+      Kind::builder, "qemu",
+      R"({"type": "qemu", "iso_url": "a.iso", "iso_checksum": "none", "communicator": "none"})", t);
   BOOST_TEST(none.errors.empty());
-  auto winrm = check(Kind::builder, "qemu", qemu(R"("communicator": "winrm", "winrm_use_ssl": true)"), t);
+  auto winrm =
+      check(Kind::builder, "qemu", qemu(R"("communicator": "winrm", "winrm_use_ssl": true)"), t);
   BOOST_TEST(winrm.error_at(P + "/winrm_username") == "winrm_username must be specified.");
   BOOST_TEST(winrm["winrm_port"].GetInt64() == 5986);
   BOOST_TEST(winrm["winrm_timeout"].GetDouble() == 1800);
@@ -437,21 +467,27 @@ BOOST_AUTO_TEST_CASE(null_builder_needs_a_way_in) {
   BOOST_TEST(bare.errors.size() == 4u);
   BOOST_TEST(bare.error_at(P + "/ssh_host") ==
              "a Host must be specified, please reference your communicator documentation");
-  BOOST_TEST(bare.error_at(P) == "one authentication method must be specified, please reference "
-                                 "your communicator documentation");
-  auto none = check(Kind::builder, "null", R"({"type": "null", "communicator": "none"})", t, P, "null");
+  BOOST_TEST(bare.error_at(P) ==
+             "one authentication method must be specified, please reference "
+             "your communicator documentation");
+  auto none =
+      check(Kind::builder, "null", R"({"type": "null", "communicator": "none"})", t, P, "null");
   BOOST_TEST(none.errors.empty());
   auto ok = check(Kind::builder, "null",
-                  R"({"type": "null", "ssh_host": "h", "ssh_username": "u", "ssh_password": "p"})", t, P, "null");
+                  R"({"type": "null", "ssh_host": "h", "ssh_username": "u", "ssh_password": "p"})",
+                  t, P, "null");
   BOOST_TEST(ok.errors.empty());
   auto two = check(Kind::builder, "null",
                    R"({"type": "null", "ssh_host": "h", "ssh_username": "u", "ssh_password": "p",
-                       "ssh_agent_auth": true})", t, P, "null");
-  BOOST_TEST(two.error_at(P) ==
-             "only one of ssh_agent_auth, ssh_password, and ssh_private_key_file must be specified");
+                       "ssh_agent_auth": true})",
+                   t, P, "null");
+  BOOST_TEST(
+      two.error_at(P) ==
+      "only one of ssh_agent_auth, ssh_password, and ssh_private_key_file must be specified");
   auto winrm = check(Kind::builder, "null",
                      R"({"type": "null", "communicator": "winrm", "winrm_host": "h",
-                         "winrm_username": "u", "winrm_password": "p"})", t, P, "null");
+                         "winrm_username": "u", "winrm_password": "p"})",
+                     t, P, "null");
   BOOST_TEST(winrm.errors.empty());
 }
 
@@ -482,15 +518,18 @@ BOOST_AUTO_TEST_CASE(shell_needs_exactly_one_kind_of_script) {
   TemplateDir t;
   auto none = check(Kind::provisioner, "shell", R"({"type": "shell", "inline": []})", t, V);
   BOOST_TEST(none.error_at(V) == "Either a script file or inline script must be specified.");
-  auto both = check(Kind::provisioner, "shell",
-                    R"({"type": "shell", "inline": ["a"], "script": ")" + t.path("setup.sh") + "\"}", t, V);
+  auto both =
+      check(Kind::provisioner, "shell",
+            R"({"type": "shell", "inline": ["a"], "script": ")" + t.path("setup.sh") + "\"}", t, V);
   BOOST_TEST(both.error_at(V + "/inline") ==
              "Only a script file or an inline script can be specified, not both.");
   auto two = check(Kind::provisioner, "shell",
                    R"({"type": "shell", "script": ")" + t.path("setup.sh") + R"(", "scripts": [")" +
-                       t.path("cleanup.sh") + "\"]}", t, V);
+                       t.path("cleanup.sh") + "\"]}",
+                   t, V);
   BOOST_TEST(two.error_at(V + "/script") == "Only one of script or scripts can be specified.");
-  auto ok = check(Kind::provisioner, "shell", R"({"type": "shell", "script": ")" + t.path("setup.sh") + "\"}", t, V);
+  auto ok = check(Kind::provisioner, "shell",
+                  R"({"type": "shell", "script": ")" + t.path("setup.sh") + "\"}", t, V);
   BOOST_TEST(ok.errors.empty());
   BOOST_TEST(!ok.has("script"));
   BOOST_TEST(ok.strings("scripts") == std::vector<std::string>{t.path("setup.sh")});
@@ -503,11 +542,14 @@ BOOST_AUTO_TEST_CASE(shell_scripts_and_environment_are_checked) {
   auto r = check(Kind::provisioner, "shell",
                  R"({"type": "shell", "scripts": [")" + t.path("setup.sh") + R"(", ")" +
                      t.path("gone.sh") + R"("], "environment_vars": ["A=1", "B", "=c", "D= e"],
-                     "use_env_var_file": true})", t, V);
+                     "use_env_var_file": true})",
+                 t, V);
   BOOST_TEST(r.error_at(V + "/scripts/1") == "Bad script '" + t.path("gone.sh") + "': stat " +
                                                  t.path("gone.sh") + ": no such file or directory");
-  BOOST_TEST(r.error_at(V + "/environment_vars/1") == "Environment variable not in format 'key=value': B");
-  BOOST_TEST(r.error_at(V + "/environment_vars/2") == "Environment variable not in format 'key=value': =c");
+  BOOST_TEST(r.error_at(V + "/environment_vars/1") ==
+             "Environment variable not in format 'key=value': B");
+  BOOST_TEST(r.error_at(V + "/environment_vars/2") ==
+             "Environment variable not in format 'key=value': =c");
   BOOST_TEST(r.errors.size() == 3u);
   BOOST_TEST(r.str("env_var_format") == "export %s='%s'\n");
 }
@@ -515,35 +557,49 @@ BOOST_AUTO_TEST_CASE(shell_scripts_and_environment_are_checked) {
 BOOST_AUTO_TEST_CASE(file_provisioner_paths_follow_the_direction) {
   TemplateDir t;
   auto none = check(Kind::provisioner, "file", R"({"type": "file"})", t, V);
-  BOOST_TEST(none.error_pointers() == (std::vector<std::string>{V + "/source", V + "/destination"}));
-  auto up = check(Kind::provisioner, "file",
-                  R"({"type": "file", "source": "setup.sh", "sources": ["http/"], "destination": "/tmp/"})", t, V);
+  BOOST_TEST(none.error_pointers() ==
+             (std::vector<std::string>{V + "/source", V + "/destination"}));
+  auto up = check(
+      Kind::provisioner, "file",
+      R"({"type": "file", "source": "setup.sh", "sources": ["http/"], "destination": "/tmp/"})", t,
+      V);
   BOOST_TEST(up.errors.empty());
-  BOOST_TEST(up.strings("sources") == (std::vector<std::string>{t.path("http/"), t.path("setup.sh")}));
+  BOOST_TEST(up.strings("sources") ==
+             (std::vector<std::string>{t.path("http/"), t.path("setup.sh")}));
   BOOST_TEST(up.str("destination") == "/tmp/");
-  auto missing = check(Kind::provisioner, "file", R"({"type": "file", "source": "gone", "destination": "/x"})", t, V);
-  BOOST_TEST(missing.error_at(V + "/source").find("Bad source '" + t.path("gone") + "': stat ") == 0);
-  auto generated = check(Kind::provisioner, "file",
-                         R"({"type": "file", "source": "gone", "destination": "/x", "generated": true})", t, V);
+  auto missing = check(Kind::provisioner, "file",
+                       R"({"type": "file", "source": "gone", "destination": "/x"})", t, V);
+  BOOST_TEST(missing.error_at(V + "/source").find("Bad source '" + t.path("gone") + "': stat ") ==
+             0);
+  auto generated =
+      check(Kind::provisioner, "file",
+            R"({"type": "file", "source": "gone", "destination": "/x", "generated": true})", t, V);
   BOOST_TEST(generated.errors.empty());
-  auto down = check(Kind::provisioner, "file",
-                    R"({"type": "file", "source": "/var/log/syslog", "destination": "logs/", "direction": "download"})", t, V);
+  auto down = check(
+      Kind::provisioner, "file",
+      R"({"type": "file", "source": "/var/log/syslog", "destination": "logs/", "direction": "download"})",
+      t, V);
   BOOST_TEST(down.errors.empty());
   BOOST_TEST(down.strings("sources") == std::vector<std::string>{"/var/log/syslog"});
   BOOST_TEST(down.str("destination") == t.path("logs") + "/");
+  BOOST_TEST(
+      check(Kind::provisioner, "file",
+            R"({"type": "file", "source": "/a", "destination": "/b", "direction": "sideways"})", t,
+            V)
+          .error_at(V + "/direction") == "Direction must be one of: download, upload.");
   BOOST_TEST(check(Kind::provisioner, "file",
-                   R"({"type": "file", "source": "/a", "destination": "/b", "direction": "sideways"})", t, V)
-                 .error_at(V + "/direction") == "Direction must be one of: download, upload.");
-  BOOST_TEST(check(Kind::provisioner, "file",
-                   R"({"type": "file", "source": "setup.sh", "content": "x", "destination": "/b"})", t, V)
+                   R"({"type": "file", "source": "setup.sh", "content": "x", "destination": "/b"})",
+                   t, V)
                  .error_at(V + "/content") == "source(s) conflicts with content.");
 }
 
 BOOST_AUTO_TEST_CASE(shell_local_takes_one_thing_to_run) {
   TemplateDir t;
   auto none = check(Kind::provisioner, "shell-local", R"({"type": "shell-local"})", t, V);
-  BOOST_TEST(none.error_at(V) == "Command, Inline, Script and Scripts options cannot all be empty.");
-  auto cmd = check(Kind::provisioner, "shell-local", R"({"type": "shell-local", "command": "make"})", t, V);
+  BOOST_TEST(none.error_at(V) ==
+             "Command, Inline, Script and Scripts options cannot all be empty.");
+  auto cmd = check(Kind::provisioner, "shell-local",
+                   R"({"type": "shell-local", "command": "make"})", t, V);
   BOOST_TEST(cmd.errors.empty());
   BOOST_TEST(!cmd.has("command"));
   BOOST_TEST(cmd.strings("inline") == std::vector<std::string>{"make"});
@@ -551,10 +607,12 @@ BOOST_AUTO_TEST_CASE(shell_local_takes_one_thing_to_run) {
              (std::vector<std::string>{"/bin/sh", "-c", "{{.Vars}} {{.Script}}"}));
   auto two = check(Kind::provisioner, "shell-local",
                    R"({"type": "shell-local", "command": "make", "inline": ["x"]})", t, V);
-  BOOST_TEST(two.error_at(V + "/command").find("You may only specify one of the following options") == 0);
+  BOOST_TEST(
+      two.error_at(V + "/command").find("You may only specify one of the following options") == 0);
   auto os = check(Kind::post_processor, "shell-local",
                   R"({"type": "shell-local", "inline": ["x"], "only_on": ["linux", "plan9"],
-                      "environment_vars": ["BAD"]})", t, "/post-processors/0/0");
+                      "environment_vars": ["BAD"]})",
+                  t, "/post-processors/0/0");
   // Packer stops at the unknown system and reports nothing else.
   BOOST_TEST(os.errors.size() == 1u);
   BOOST_TEST(os.error_at("/post-processors/0/0/only_on/1") ==
@@ -562,53 +620,69 @@ BOOST_AUTO_TEST_CASE(shell_local_takes_one_thing_to_run) {
              "linux, openbsd, solaris, windows");
   auto wsl = check(Kind::provisioner, "shell-local",
                    R"({"type": "shell-local", "inline": ["x"], "use_linux_pathing": true,
-                       "tempfile_extension": ".ps1"})", t, V);
-  BOOST_TEST(wsl.error_at(V + "/use_linux_pathing").find("Windows Linux Subsystem") != std::string::npos);
+                       "tempfile_extension": ".ps1"})",
+                   t, V);
+  BOOST_TEST(wsl.error_at(V + "/use_linux_pathing").find("Windows Linux Subsystem") !=
+             std::string::npos);
   BOOST_TEST(wsl.str("tempfile_extension") == "ps1");
 }
 
 BOOST_AUTO_TEST_CASE(ansible_checks_its_files_and_program) {
   TemplateDir t;
-  auto none = check(Kind::provisioner, "ansible", R"({"type": "ansible", "skip_version_check": true})", t, V);
+  auto none = check(Kind::provisioner, "ansible",
+                    R"({"type": "ansible", "skip_version_check": true})", t, V);
   BOOST_TEST(none.error_at(V + "/playbook_file") == "playbook_file must be specified.");
   auto dir = check(Kind::provisioner, "ansible",
                    R"({"type": "ansible", "skip_version_check": true, "playbook_file": ")" +
                        t.path("http") + R"(", "local_port": 70000,
-                       "inventory_directory": ")" + t.path("setup.sh") + "\"}", t, V);
-  BOOST_TEST(dir.error_at(V + "/playbook_file") == "playbook_file: " + t.path("http") + " must point to a file");
+                       "inventory_directory": ")" +
+                       t.path("setup.sh") + "\"}",
+                   t, V);
+  BOOST_TEST(dir.error_at(V + "/playbook_file") ==
+             "playbook_file: " + t.path("http") + " must point to a file");
   BOOST_TEST(dir.error_at(V + "/local_port") == "local_port: 70000 must be a valid port");
   BOOST_TEST(dir.error_at(V + "/inventory_directory") ==
              "inventory_directory: " + t.path("setup.sh") + " must point to a directory");
   auto ok = check(Kind::provisioner, "ansible",
                   R"({"type": "ansible", "skip_version_check": true, "playbook_file": ")" +
-                      t.path("playbook.yml") + "\"}", t, V);
+                      t.path("playbook.yml") + "\"}",
+                  t, V);
   BOOST_TEST(ok.errors.empty());
-  BOOST_TEST(ok.strings("ansible_env_vars") ==
-             (std::vector<std::string>{"ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_SCP_IF_SSH=True"}));
+  BOOST_TEST(
+      ok.strings("ansible_env_vars") ==
+      (std::vector<std::string>{"ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_SCP_IF_SSH=True"}));
   BOOST_TEST(ok.str("command") == "ansible-playbook");
-  auto program = check(Kind::provisioner, "ansible",
-                       R"({"type": "ansible", "command": "kiln-no-such-ansible", "playbook_file": ")" +
-                           t.path("playbook.yml") + "\"}", t, V);
+  auto program =
+      check(Kind::provisioner, "ansible",
+            R"({"type": "ansible", "command": "kiln-no-such-ansible", "playbook_file": ")" +
+                t.path("playbook.yml") + "\"}",
+            t, V);
   BOOST_REQUIRE(program.errors.size() == 1u);
   BOOST_TEST(program.errors[0].message ==
              "Error running \"kiln-no-such-ansible --version\": exec: \"kiln-no-such-ansible\": "
              "executable file not found in $PATH");
   BOOST_TEST(program.errors[0].code == Exit::unavailable);
-  auto sh = check(Kind::provisioner, "ansible",
-                  R"({"type": "ansible", "command": "sh", "playbook_file": ")" + t.path("playbook.yml") + "\"}", t, V);
+  auto sh = check(
+      Kind::provisioner, "ansible",
+      R"({"type": "ansible", "command": "sh", "playbook_file": ")" + t.path("playbook.yml") + "\"}",
+      t, V);
   BOOST_TEST(sh.errors.empty());
   // A relative path to the program is relative to the template's folder.
-  auto local = check(Kind::provisioner, "ansible",
-                     R"({"type": "ansible", "command": "bin/ansible-playbook", "playbook_file": ")" +
-                         t.path("playbook.yml") + "\"}", t, V);
+  auto local =
+      check(Kind::provisioner, "ansible",
+            R"({"type": "ansible", "command": "bin/ansible-playbook", "playbook_file": ")" +
+                t.path("playbook.yml") + "\"}",
+            t, V);
   BOOST_TEST(local.errors.empty());
   BOOST_TEST(local.str("command") == t.path("bin/ansible-playbook"));
   auto gone = check(Kind::provisioner, "ansible",
                     R"({"type": "ansible", "command": "bin/gone", "playbook_file": ")" +
-                        t.path("playbook.yml") + "\"}", t, V);
-  BOOST_TEST(gone.error_at(V + "/command") ==
-             "Error running \"" + t.path("bin/gone") + " --version\": exec: \"" + t.path("bin/gone") +
-                 "\": stat " + t.path("bin/gone") + ": no such file or directory");
+                        t.path("playbook.yml") + "\"}",
+                    t, V);
+  BOOST_TEST(gone.error_at(V + "/command") == "Error running \"" + t.path("bin/gone") +
+                                                  " --version\": exec: \"" + t.path("bin/gone") +
+                                                  "\": stat " + t.path("bin/gone") +
+                                                  ": no such file or directory");
 }
 
 BOOST_AUTO_TEST_CASE(breakpoint_and_unknown_types_are_left_alone) {
@@ -642,51 +716,60 @@ BOOST_AUTO_TEST_CASE(compress_format_comes_from_the_name) {
   struct Case {
     std::string settings, archive, algorithm;
   };
-  for (const Case& c : std::vector<Case>{
-           {R"("output": "a.tar.gz")", "tar", "pgzip"},
-           {R"("output": "a.zip")", "zip", ""},
-           {R"("output": "a.tar")", "tar", ""},
-           {R"("output": "disk.raw.xz")", "", "xz"},
-           {R"("output": "a.lz4")", "", "lz4"},
-           {R"("output": "a.foo")", "tar", "pgzip"},
-           {R"("output": "a", "format": "zip")", "zip", ""},
-           {"", "tar", "pgzip"}}) {
+  for (const Case& c : std::vector<Case>{{R"("output": "a.tar.gz")", "tar", "pgzip"},
+                                         {R"("output": "a.zip")", "zip", ""},
+                                         {R"("output": "a.tar")", "tar", ""},
+                                         {R"("output": "disk.raw.xz")", "", "xz"},
+                                         {R"("output": "a.lz4")", "", "lz4"},
+                                         {R"("output": "a.foo")", "tar", "pgzip"},
+                                         {R"("output": "a", "format": "zip")", "zip", ""},
+                                         {"", "tar", "pgzip"}}) {
     auto r = check(Kind::post_processor, "compress",
-                   "{\"type\": \"compress\"" + (c.settings.empty() ? "" : ", " + c.settings) + "}", t, Q);
+                   "{\"type\": \"compress\"" + (c.settings.empty() ? "" : ", " + c.settings) + "}",
+                   t, Q);
     BOOST_TEST_CONTEXT(c.settings) {
       BOOST_TEST(r.str("archive") == c.archive);
       BOOST_TEST(r.str("algorithm") == c.algorithm);
     }
   }
-  BOOST_TEST(check(Kind::post_processor, "compress", R"({"type": "compress", "compression_level": 12})", t, Q)
-                 ["compression_level"].GetInt64() == 9);
-  BOOST_TEST(check(Kind::post_processor, "compress", R"({"type": "compress", "compression_level": 0})", t, Q)
-                 ["compression_level"].GetInt64() == 6);
-  BOOST_TEST(check(Kind::post_processor, "compress", R"({"type": "compress", "compression_level": -4})", t, Q)
+  BOOST_TEST(check(Kind::post_processor, "compress",
+                   R"({"type": "compress", "compression_level": 12})", t, Q)["compression_level"]
+                 .GetInt64() == 9);
+  BOOST_TEST(check(Kind::post_processor, "compress",
+                   R"({"type": "compress", "compression_level": 0})", t, Q)["compression_level"]
+                 .GetInt64() == 6);
+  BOOST_TEST(check(Kind::post_processor, "compress",
+                   R"({"type": "compress", "compression_level": -4})", t, Q)
                  .warning_at(Q + "/compression_level")
                  .find("Invalid compression level") == 0);
 }
 
 BOOST_AUTO_TEST_CASE(manifest_vagrant_and_artifice) {
   TemplateDir t;
-  BOOST_TEST(check(Kind::post_processor, "manifest", R"({"type": "manifest"})", t, Q).str("output") ==
-             t.path("packer-manifest.json"));
-  auto missing = check(Kind::post_processor, "vagrant",
-                       R"({"type": "vagrant", "vagrantfile_template": ")" + t.path("nope.tpl") + "\"}", t, Q);
+  BOOST_TEST(
+      check(Kind::post_processor, "manifest", R"({"type": "manifest"})", t, Q).str("output") ==
+      t.path("packer-manifest.json"));
+  auto missing =
+      check(Kind::post_processor, "vagrant",
+            R"({"type": "vagrant", "vagrantfile_template": ")" + t.path("nope.tpl") + "\"}", t, Q);
   BOOST_TEST(missing.error_at(Q + "/vagrantfile_template") ==
              "vagrantfile_template '" + t.path("nope.tpl") + "' does not exist");
   auto generated = check(Kind::post_processor, "vagrant",
                          R"({"type": "vagrant", "vagrantfile_template": "nope.tpl",
-                             "vagrantfile_template_generated": true, "compression_level": -1})", t, Q);
+                             "vagrantfile_template_generated": true, "compression_level": -1})",
+                         t, Q);
   BOOST_TEST(generated.errors.empty());
   BOOST_TEST(generated["compression_level"].GetInt64() == 6);
-  BOOST_TEST(check(Kind::post_processor, "vagrant", R"({"type": "vagrant", "provider_override": "kvm"})", t, Q)
+  BOOST_TEST(check(Kind::post_processor, "vagrant",
+                   R"({"type": "vagrant", "provider_override": "kvm"})", t, Q)
                  .error_at(Q + "/provider_override")
                  .find("The given provider_override kvm is not valid") == 0);
-  BOOST_TEST(check(Kind::post_processor, "vagrant", R"({"type": "vagrant", "provider_override": "libvirt"})", t, Q)
+  BOOST_TEST(check(Kind::post_processor, "vagrant",
+                   R"({"type": "vagrant", "provider_override": "libvirt"})", t, Q)
                  .errors.empty());
   BOOST_TEST(check(Kind::post_processor, "artifice", R"({"type": "artifice", "files": []})", t, Q)
                  .error_at(Q + "/files") == "No files specified in artifice configuration");
-  BOOST_TEST(check(Kind::post_processor, "artifice", R"({"type": "artifice", "files": ["a.img"]})", t, Q)
-                 .errors.empty());
+  BOOST_TEST(
+      check(Kind::post_processor, "artifice", R"({"type": "artifice", "files": ["a.img"]})", t, Q)
+          .errors.empty());
 }
