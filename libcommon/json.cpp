@@ -129,6 +129,7 @@ class Tracker {
     return doc_.String(s, n, copy);
   }
   bool StartObject() {
+    if (too_deep()) return false;
     place(bracket_offset());
     frames_.push_back(Frame{current_, true, {}, 0, {}});
     return doc_.StartObject();
@@ -153,6 +154,7 @@ class Tracker {
     return doc_.EndObject(n);
   }
   bool StartArray() {
+    if (too_deep()) return false;
     place(bracket_offset());
     frames_.push_back(Frame{current_, false, {}, 0, {}});
     return doc_.StartArray();
@@ -162,7 +164,19 @@ class Tracker {
     return doc_.EndArray(n);
   }
 
+ public:
+  /// Every value keeps its pointer, so depth costs quadratic memory; no
+  /// template or record comes near this.
+  static constexpr size_t kMaxDepth = 256;
+  bool exceeded_depth() const { return exceeded_; }
+
  private:
+  bool too_deep() {
+    if (frames_.size() < kMaxDepth) return false;
+    exceeded_ = true;
+    return true;
+  }
+
   struct Frame {
     std::string pointer;
     bool object;
@@ -228,6 +242,7 @@ class Tracker {
   Errors& duplicates_;
   std::vector<Frame> frames_;
   std::string current_;
+  bool exceeded_ = false;
 };
 
 constexpr unsigned kParseFlags =
@@ -255,16 +270,21 @@ Status parse(std::string_view text, const std::string& name, Document& doc,
   CountingStream in(map.text());
   rapidjson::Reader reader;
   rapidjson::ParseResult result;
+  bool too_deep = false;
   auto generate = [&](Document& handler) {
     Tracker tracker(handler, in, map, duplicates);
     result = reader.Parse<kParseFlags>(in, tracker);
+    too_deep = tracker.exceeded_depth();
     return !result.IsError();
   };
   doc.Populate(generate);
   if (result.IsError()) {
     Location where = map.at_offset(result.Offset());
     std::string msg = "invalid JSON: ";
-    msg += rapidjson::GetParseError_En(result.Code());
+    if (too_deep)
+      msg += "nested more than " + std::to_string(Tracker::kMaxDepth) + " levels deep";
+    else
+      msg += rapidjson::GetParseError_En(result.Code());
     if (!msg.empty() && msg.back() == '.') msg.pop_back();
     doc.SetNull();
     return Error(Exit::dataerr, msg, where);

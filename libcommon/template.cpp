@@ -1185,8 +1185,12 @@ void Loader::run() {
     if (out_.exit == Exit::ok) out_.exit = Exit::dataerr;
     return;
   }
+  size_t before_variables = out_.errors.size();
   resolve_variables();
-  if (!out_.errors.empty()) {
+  // Structural errors do not stop the check of each build (every error is
+  // reported at once), but unresolved variables would only cause
+  // misleading errors downstream of them.
+  if (out_.errors.size() != before_variables) {
     out_.exit = Exit::dataerr;
     return;
   }
