@@ -327,8 +327,8 @@ void Loader::check_root() {
         std::string ptr = json::child("/variables", name);
         if (v->value.IsNull()) {
           declared_[name] = std::nullopt;
-        } else if (auto s = weak_string(v->value)) {
-          declared_[name] = *s;
+        } else if (v->value.IsString()) {
+          declared_[name] = std::string(v->value.GetString(), v->value.GetStringLength());
         } else {
           error(ptr, "variable \"" + name + "\": default must be a string or null, not " +
                          json::type_name(v->value));
@@ -868,9 +868,7 @@ void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
   if (format == "duration" && v.IsString()) {
     double seconds = 0;
     std::string s = v.GetString();
-    if (s.empty()) {
-      v.SetDouble(0);
-    } else if (gotime::parse_duration(s, seconds)) {
+    if (gotime::parse_duration(s, seconds)) {
       v.SetDouble(seconds);
     } else {
       return error(pointer, "\"" + key + "\": invalid duration " + shown(v) +

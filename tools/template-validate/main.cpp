@@ -59,10 +59,19 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
   if (vm.count("var"))
     for (const std::string& v : vm["var"].as<std::vector<std::string>>())
       o.request.vars.push_back({false, v});
-  for (const std::string& s : only)
-    for (const std::string& n : text::split_list(s)) o.request.only.push_back(n);
-  for (const std::string& s : except)
-    for (const std::string& n : text::split_list(s)) o.request.except.push_back(n);
+  // Packer splits on commas and keeps spaces: "-only=a, b" names " b".
+  auto names = [](const std::string& list, std::vector<std::string>& out) {
+    size_t start = 0;
+    for (;;) {
+      size_t comma = list.find(',', start);
+      std::string n = list.substr(start, comma == std::string::npos ? comma : comma - start);
+      if (!n.empty()) out.push_back(n);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  };
+  for (const std::string& s : only) names(s, o.request.only);
+  for (const std::string& s : except) names(s, o.request.except);
   o.request.syntax_only = vm.count("syntax-only") > 0;
   if (on_error != "cleanup" && on_error != "abort" && on_error != "ask")
     return Error(Exit::usage, "--on-error must be cleanup, abort or ask, not '" +
