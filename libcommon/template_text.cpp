@@ -178,14 +178,29 @@ void append_quoted_rune(std::string& out, char32_t r, char quote) {
     return;
   }
   switch (r) {
-    case '\a': out += "\\a"; return;
-    case '\b': out += "\\b"; return;
-    case '\f': out += "\\f"; return;
-    case '\n': out += "\\n"; return;
-    case '\r': out += "\\r"; return;
-    case '\t': out += "\\t"; return;
-    case '\v': out += "\\v"; return;
-    default: break;
+    case '\a':
+      out += "\\a";
+      return;
+    case '\b':
+      out += "\\b";
+      return;
+    case '\f':
+      out += "\\f";
+      return;
+    case '\n':
+      out += "\\n";
+      return;
+    case '\r':
+      out += "\\r";
+      return;
+    case '\t':
+      out += "\\t";
+      return;
+    case '\v':
+      out += "\\v";
+      return;
+    default:
+      break;
   }
   if (r < 0x20 || r == 0x7F) {
     out += "\\x";
@@ -232,9 +247,12 @@ using Value = std::variant<std::string, std::int64_t, bool>;
 
 std::string_view type_name(const Value& v) {
   switch (v.index()) {
-    case 0: return "string";
-    case 1: return "int";
-    default: return "bool";
+    case 0:
+      return "string";
+    case 1:
+      return "int";
+    default:
+      return "bool";
   }
 }
 
@@ -258,11 +276,42 @@ bool truth(const Value& v) {
 enum class Param : std::uint8_t { kString, kInt, kAny };
 
 enum class Fn : std::uint8_t {
-  kBuildName, kBuildType, kEnv, kIsotime, kStrftime, kPwd, kSplit,
-  kTemplateDir, kTimestamp, kUuid, kUser, kPackerVersion, kReplace,
-  kReplaceAll, kUpper, kLower, kSed, kNetwork,
-  kAnd, kOr, kNot, kLen, kIndex, kPrint, kPrintf, kPrintln,
-  kEq, kNe, kLt, kLe, kGt, kGe, kHtml, kJs, kUrlquery, kUnsupported,
+  kBuildName,
+  kBuildType,
+  kEnv,
+  kIsotime,
+  kStrftime,
+  kPwd,
+  kSplit,
+  kTemplateDir,
+  kTimestamp,
+  kUuid,
+  kUser,
+  kPackerVersion,
+  kReplace,
+  kReplaceAll,
+  kUpper,
+  kLower,
+  kSed,
+  kNetwork,
+  kAnd,
+  kOr,
+  kNot,
+  kLen,
+  kIndex,
+  kPrint,
+  kPrintf,
+  kPrintln,
+  kEq,
+  kNe,
+  kLt,
+  kLe,
+  kGt,
+  kGe,
+  kHtml,
+  kJs,
+  kUrlquery,
+  kUnsupported,
 };
 
 struct FuncSpec {
@@ -271,7 +320,7 @@ struct FuncSpec {
   std::uint8_t fixed;           // parameters before any variadic tail
   std::array<Param, 4> params;  // types of the fixed parameters
   bool variadic;
-  Param rest;                   // type of each variadic argument
+  Param rest;  // type of each variadic argument
 };
 
 constexpr Param kS = Param::kString;
@@ -357,9 +406,27 @@ Error error_at(std::string_view src, std::size_t pos, const std::string& msg) {
 // Lexer.
 
 enum class Tok : std::uint8_t {
-  kText, kLeftDelim, kRightDelim, kSpace, kIdentifier, kKeyword, kField,
-  kDot, kString, kRawString, kNumber, kChar, kBool, kPipe, kLeftParen,
-  kRightParen, kVariable, kDeclare, kAssign, kOther, kEof,
+  kText,
+  kLeftDelim,
+  kRightDelim,
+  kSpace,
+  kIdentifier,
+  kKeyword,
+  kField,
+  kDot,
+  kString,
+  kRawString,
+  kNumber,
+  kChar,
+  kBool,
+  kPipe,
+  kLeftParen,
+  kRightParen,
+  kVariable,
+  kDeclare,
+  kAssign,
+  kOther,
+  kEof,
 };
 
 struct Token {
@@ -375,8 +442,8 @@ bool is_space(char c) {
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 constexpr std::array<std::string_view, 11> kKeywords = {
-    "if", "else", "end", "range", "with", "define", "template", "block",
-    "nil", "break", "continue"};
+    "if",       "else",  "end", "range", "with",    "define",
+    "template", "block", "nil", "break", "continue"};
 
 class Lexer {
  public:
@@ -388,13 +455,16 @@ class Lexer {
     while (true) {
       const std::size_t open = src_.find("{{", pos);
       std::size_t text_begin = pos;
-      std::size_t text_end = open == std::string_view::npos ? src_.size() : open;
+      std::size_t text_end =
+          open == std::string_view::npos ? src_.size() : open;
       if (trim_leading)
-        while (text_begin < text_end && is_space(src_[text_begin])) ++text_begin;
+        while (text_begin < text_end && is_space(src_[text_begin]))
+          ++text_begin;
       const bool trim_trailing =
           open != std::string_view::npos && left_trim_at(open + 2);
       if (trim_trailing)
-        while (text_end > text_begin && is_space(src_[text_end - 1])) --text_end;
+        while (text_end > text_begin && is_space(src_[text_end - 1]))
+          --text_end;
       if (text_end > text_begin) emit(Tok::kText, text_begin, text_end);
       if (open == std::string_view::npos) break;
 
@@ -461,8 +531,17 @@ class Lexer {
   bool terminator_at(std::size_t i) const {
     if (i >= src_.size()) return true;
     switch (src_[i]) {
-      case ' ': case '\t': case '\r': case '\n': case '.': case ',':
-      case '|': case ':': case ')': case '(': case '}':
+      case ' ':
+      case '\t':
+      case '\r':
+      case '\n':
+      case '.':
+      case ',':
+      case '|':
+      case ':':
+      case ')':
+      case '(':
+      case '}':
         return true;
       default:
         return false;
@@ -473,7 +552,8 @@ class Lexer {
     const Rune r = decode_rune(src_, i);
     std::string out = "U+";
     append_hex(out, r.value, r.value > 0xFFFF ? 6 : 4, kUpperHex);
-    if (unicode().printable(r.value) && !(r.value == kRuneError && r.size == 1)) {
+    if (unicode().printable(r.value) &&
+        !(r.value == kRuneError && r.size == 1)) {
       out += " '";
       encode_rune(r.value, out);
       out += '\'';
@@ -624,9 +704,9 @@ class Lexer {
         const auto end = scan_number(i);
         if (!end) {
           const std::size_t bad = scan_number_prefix_end(i);
-          return error_at(src_, open,
-                          "bad number syntax: " +
-                              go_quote(src_.substr(i, bad - i)));
+          return error_at(
+              src_, open,
+              "bad number syntax: " + go_quote(src_.substr(i, bad - i)));
         }
         i = *end;
         emit(Tok::kNumber, start, i);
@@ -705,14 +785,22 @@ std::optional<Unquoted> unquote_char(std::string_view s, std::size_t& i,
   const char e = s[i + 1];
   i += 2;
   switch (e) {
-    case 'a': return Unquoted{'\a', false};
-    case 'b': return Unquoted{'\b', false};
-    case 'f': return Unquoted{'\f', false};
-    case 'n': return Unquoted{'\n', false};
-    case 'r': return Unquoted{'\r', false};
-    case 't': return Unquoted{'\t', false};
-    case 'v': return Unquoted{'\v', false};
-    case '\\': return Unquoted{'\\', false};
+    case 'a':
+      return Unquoted{'\a', false};
+    case 'b':
+      return Unquoted{'\b', false};
+    case 'f':
+      return Unquoted{'\f', false};
+    case 'n':
+      return Unquoted{'\n', false};
+    case 'r':
+      return Unquoted{'\r', false};
+    case 't':
+      return Unquoted{'\t', false};
+    case 'v':
+      return Unquoted{'\v', false};
+    case '\\':
+      return Unquoted{'\\', false};
     case '\'':
     case '"':
       if (e != quote) return std::nullopt;
@@ -846,7 +934,8 @@ IntParse parse_go_int(std::string_view s, std::int64_t& out) {
     value = value * base + static_cast<unsigned>(d);
   }
   if (underscores && !underscores_ok(original)) return IntParse::kSyntax;
-  if (overflow || value > (negative ? kLimit : kLimit - 1)) return IntParse::kRange;
+  if (overflow || value > (negative ? kLimit : kLimit - 1))
+    return IntParse::kRange;
   out = negative ? static_cast<std::int64_t>(~value + 1)
                  : static_cast<std::int64_t>(value);
   return IntParse::kOk;
@@ -859,7 +948,13 @@ struct Pipeline;
 
 struct Operand {
   enum class Kind : std::uint8_t {
-    kFunction, kField, kDot, kString, kInt, kBool, kPipeline
+    kFunction,
+    kField,
+    kDot,
+    kString,
+    kInt,
+    kBool,
+    kPipeline
   };
   Kind kind = Kind::kString;
   std::string text;  // function name, field path ("A.B"), string value
@@ -960,9 +1055,12 @@ class Parser {
 
   std::string describe(const Token& t) const {
     switch (t.kind) {
-      case Tok::kRightDelim: return "\"}}\"";
-      case Tok::kEof: return "end of text";
-      default: break;
+      case Tok::kRightDelim:
+        return "\"}}\"";
+      case Tok::kEof:
+        return "end of text";
+      default:
+        break;
     }
     std::string_view v = view(t);
     if (v.size() > 40) v = v.substr(0, 40);
@@ -1084,7 +1182,8 @@ class Parser {
     return true;
   }
 
-  bool parse_pipeline(Pipeline& p, int depth, Tok end, std::string_view context) {
+  bool parse_pipeline(Pipeline& p, int depth, Tok end,
+                      std::string_view context) {
     const Token& first = peek_non_space();
     if (first.kind == Tok::kVariable)
       return fail("template variables (" + describe(first) +
@@ -1270,7 +1369,8 @@ class Parser {
   std::size_t i_ = 0;
   std::size_t action_ = 0;
   std::size_t last_close_ = 0;
-  std::size_t else_delim_end_ = 0;  // end of the "{{" or "{{- " of the last else
+  std::size_t else_delim_end_ =
+      0;  // end of the "{{" or "{{- " of the last else
   std::optional<Error> error_;
 };
 
@@ -1294,10 +1394,12 @@ std::optional<std::string> go_replace(std::string_view s, std::string_view old,
   if (old == repl || n == 0) return std::string(s);
   const std::size_t m = go_count(s, old);
   if (m == 0) return std::string(s);
-  const std::size_t count =
-      (n < 0 || static_cast<std::uint64_t>(n) > m) ? m : static_cast<std::size_t>(n);
+  const std::size_t count = (n < 0 || static_cast<std::uint64_t>(n) > m)
+                                ? m
+                                : static_cast<std::size_t>(n);
   if (repl.size() > old.size() &&
-      (repl.size() - old.size()) > (kMaxValueBytes - std::min(s.size(), kMaxValueBytes)) / count)
+      (repl.size() - old.size()) >
+          (kMaxValueBytes - std::min(s.size(), kMaxValueBytes)) / count)
     return std::nullopt;
   std::string out;
   out.reserve(s.size() + count * repl.size());
@@ -1328,7 +1430,8 @@ std::optional<std::string> go_split_piece(std::string_view s,
     if (i < 0 || static_cast<std::uint64_t>(i) >= count) return std::nullopt;
     std::size_t pos = 0;
     for (std::int64_t k = 0; k < i; ++k) pos += decode_rune(s, pos).size;
-    if (static_cast<std::size_t>(i) + 1 == count) return std::string(s.substr(pos));
+    if (static_cast<std::size_t>(i) + 1 == count)
+      return std::string(s.substr(pos));
     const Rune r = decode_rune(s, pos);
     if (r.value == kRuneError) {
       std::string out;
@@ -1364,8 +1467,8 @@ std::string go_map_case(std::string_view s, bool to_upper) {
         out += c;
       }
     } else {
-      encode_rune(to_upper ? unicode().upper(r.value) : unicode().lower(r.value),
-                  out);
+      encode_rune(
+          to_upper ? unicode().upper(r.value) : unicode().lower(r.value), out);
     }
     i += r.size;
   }
@@ -1450,11 +1553,24 @@ std::string format_integer(std::int64_t v, char32_t verb, const Verb& f) {
   bool upper = false;
   std::string prefix;
   switch (verb) {
-    case 'x': base = 16; if (f.sharp) prefix = "0x"; break;
-    case 'X': base = 16; upper = true; if (f.sharp) prefix = "0X"; break;
-    case 'o': base = 8; if (f.sharp) prefix = "0"; break;
-    case 'b': base = 2; break;
-    default: break;
+    case 'x':
+      base = 16;
+      if (f.sharp) prefix = "0x";
+      break;
+    case 'X':
+      base = 16;
+      upper = true;
+      if (f.sharp) prefix = "0X";
+      break;
+    case 'o':
+      base = 8;
+      if (f.sharp) prefix = "0";
+      break;
+    case 'b':
+      base = 2;
+      break;
+    default:
+      break;
   }
   std::string digits = integer_digits(v, base, upper);
   if (f.precision && digits.size() < *f.precision)
@@ -1497,7 +1613,8 @@ std::string truncate_runes(std::string_view s, std::optional<std::size_t> n) {
 std::string hex_bytes(std::string_view s, bool upper) {
   std::string out;
   for (char c : s)
-    append_hex(out, static_cast<unsigned char>(c), 2, upper ? kUpperHex : kLowerHex);
+    append_hex(out, static_cast<unsigned char>(c), 2,
+               upper ? kUpperHex : kLowerHex);
   return out;
 }
 
@@ -1518,14 +1635,20 @@ std::string format_one(char32_t verb, const Verb& f, const Value& arg) {
       out = truncate_runes(*s, f.precision);
       break;
     case 'q':
-      if (s) out = go_quote(truncate_runes(*s, f.precision));
-      else if (i) out = go_quote_rune(*i);
-      else return bad_verb(verb, arg);
+      if (s)
+        out = go_quote(truncate_runes(*s, f.precision));
+      else if (i)
+        out = go_quote_rune(*i);
+      else
+        return bad_verb(verb, arg);
       break;
-    case 'd': case 'o': case 'b':
+    case 'd':
+    case 'o':
+    case 'b':
       if (!i) return bad_verb(verb, arg);
       return format_integer(*i, verb, f);
-    case 'x': case 'X':
+    case 'x':
+    case 'X':
       if (i) return format_integer(*i, verb, f);
       if (!s) return bad_verb(verb, arg);
       out = hex_bytes(truncate_runes(*s, f.precision), verb == 'X');
@@ -1579,12 +1702,18 @@ std::optional<std::string> go_sprintf(std::string_view format,
     Verb f;
     for (; i < format.size(); ++i) {
       const char c = format[i];
-      if (c == '-') f.minus = true;
-      else if (c == '+') f.plus = true;
-      else if (c == '#') f.sharp = true;
-      else if (c == ' ') f.space = true;
-      else if (c == '0') f.zero = !f.minus;
-      else break;
+      if (c == '-')
+        f.minus = true;
+      else if (c == '+')
+        f.plus = true;
+      else if (c == '#')
+        f.sharp = true;
+      else if (c == ' ')
+        f.space = true;
+      else if (c == '0')
+        f.zero = !f.minus;
+      else
+        break;
     }
     bool bad_width = false;
     number(f.width, bad_width);
@@ -1634,13 +1763,26 @@ std::string go_html_escape(std::string_view s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '\0': out += "\xEF\xBF\xBD"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      default: out += c;
+      case '\0':
+        out += "\xEF\xBF\xBD";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -1653,13 +1795,27 @@ std::string go_js_escape(std::string_view s) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
     if (c < 0x80) {
       switch (c) {
-        case '\\': out += "\\\\"; break;
-        case '\'': out += "\\'"; break;
-        case '"': out += "\\\""; break;
-        case '<': out += "\\u003C"; break;
-        case '>': out += "\\u003E"; break;
-        case '&': out += "\\u0026"; break;
-        case '=': out += "\\u003D"; break;
+        case '\\':
+          out += "\\\\";
+          break;
+        case '\'':
+          out += "\\'";
+          break;
+        case '"':
+          out += "\\\"";
+          break;
+        case '<':
+          out += "\\u003C";
+          break;
+        case '>':
+          out += "\\u003E";
+          break;
+        case '&':
+          out += "\\u0026";
+          break;
+        case '=':
+          out += "\\u003D";
+          break;
         default:
           if (c < ' ') {
             out += "\\u00";
@@ -1815,13 +1971,20 @@ class Renderer {
 
   static std::string describe(const Operand& op) {
     switch (op.kind) {
-      case Operand::Kind::kField: return "." + op.text;
-      case Operand::Kind::kDot: return ".";
-      case Operand::Kind::kString: return go_quote(op.text);
-      case Operand::Kind::kInt: return std::to_string(op.number);
-      case Operand::Kind::kBool: return op.boolean ? "true" : "false";
-      case Operand::Kind::kPipeline: return "(...)";
-      case Operand::Kind::kFunction: return op.text;
+      case Operand::Kind::kField:
+        return "." + op.text;
+      case Operand::Kind::kDot:
+        return ".";
+      case Operand::Kind::kString:
+        return go_quote(op.text);
+      case Operand::Kind::kInt:
+        return std::to_string(op.number);
+      case Operand::Kind::kBool:
+        return op.boolean ? "true" : "false";
+      case Operand::Kind::kPipeline:
+        return "(...)";
+      case Operand::Kind::kFunction:
+        return op.text;
     }
     return {};
   }
@@ -1854,9 +2017,12 @@ class Renderer {
 
   static bool matches(Param p, const Value& v) {
     switch (p) {
-      case Param::kString: return std::holds_alternative<std::string>(v);
-      case Param::kInt: return std::holds_alternative<std::int64_t>(v);
-      case Param::kAny: return true;
+      case Param::kString:
+        return std::holds_alternative<std::string>(v);
+      case Param::kInt:
+        return std::holds_alternative<std::int64_t>(v);
+      case Param::kAny:
+        return true;
     }
     return false;
   }
@@ -1888,9 +2054,8 @@ class Renderer {
       const Param p = param_type(f, i);
       if (!matches(p, values[i]))
         return fail("wrong type for argument " + std::to_string(i + 1) +
-                    " of " + name + ": expected " +
-                    std::string(param_name(p)) + "; got " +
-                    std::string(type_name(values[i])));
+                    " of " + name + ": expected " + std::string(param_name(p)) +
+                    "; got " + std::string(type_name(values[i])));
     }
     Eval result = invoke(f, values);
     if (result) {
@@ -1912,19 +2077,24 @@ class Renderer {
                 std::string(kMaxValueText));
   }
 
-  static const std::string& str(const Value& v) { return std::get<std::string>(v); }
+  static const std::string& str(const Value& v) {
+    return std::get<std::string>(v);
+  }
   static std::int64_t num(const Value& v) { return std::get<std::int64_t>(v); }
 
   Eval invoke(const FuncSpec& f, std::vector<Value>& a) {
     switch (f.fn) {
       case Fn::kBuildName:
-        if (ctx_.build_name.empty()) return call_error(f, "build_name not available");
+        if (ctx_.build_name.empty())
+          return call_error(f, "build_name not available");
         return Value(ctx_.build_name);
       case Fn::kBuildType:
-        if (ctx_.build_type.empty()) return call_error(f, "build_type not available");
+        if (ctx_.build_type.empty())
+          return call_error(f, "build_type not available");
         return Value(ctx_.build_type);
       case Fn::kEnv: {
-        if (!ctx_.env_allowed) return call_error(f, "env vars are not allowed here");
+        if (!ctx_.env_allowed)
+          return call_error(f, "env vars are not allowed here");
         const char* v = std::getenv(str(a[0]).c_str());
         return Value(std::string(v ? v : ""));
       }
@@ -1934,8 +2104,9 @@ class Renderer {
           for (const Value& v : a) list += (list.empty() ? "" : " ") + str(v);
           return call_error(f, "too many values, 1 needed: [" + list + "]");
         }
-        return Value(gotime::format(ctx_.timestamp, 0,
-                                    a.empty() ? kRfc3339 : std::string_view(str(a[0]))));
+        return Value(
+            gotime::format(ctx_.timestamp, 0,
+                           a.empty() ? kRfc3339 : std::string_view(str(a[0]))));
       case Fn::kStrftime:
         return Value(gotime::strftime(ctx_.timestamp, str(a[0])));
       case Fn::kPwd: {
@@ -1953,10 +2124,10 @@ class Renderer {
         if (i < 0)
           return call_error(f, "runtime error: index out of range [" +
                                    std::to_string(i) + "]");
-        return call_error(f, "the substring " + std::to_string(i) +
-                                 " was unavailable using the separator value, " +
-                                 str(a[1]) + ", only " + std::to_string(count) +
-                                 " values were found");
+        return call_error(
+            f, "the substring " + std::to_string(i) +
+                   " was unavailable using the separator value, " + str(a[1]) +
+                   ", only " + std::to_string(count) + " values were found");
       }
       case Fn::kTemplateDir:
         if (ctx_.template_dir.empty())
@@ -1967,7 +2138,8 @@ class Renderer {
       case Fn::kUuid:
         return Value(digest::random_uuid());
       case Fn::kUser: {
-        if (!ctx_.user) return call_error(f, "user variables are not available here");
+        if (!ctx_.user)
+          return call_error(f, "user variables are not available here");
         Result<std::string> r = ctx_.user(str(a[0]));
         if (!r) return call_error(f, r.error().message);
         return Value(std::move(r).value());
@@ -1989,8 +2161,9 @@ class Renderer {
       case Fn::kLower:
         return Value(go_map_case(str(a[0]), false));
       case Fn::kSed:  // rejected by the parser; kept for completeness
-        return fail("template function sed is deprecated, use replace or "
-                    "replace_all instead");
+        return fail(
+            "template function sed is deprecated, use replace or "
+            "replace_all instead");
       case Fn::kNetwork:
         return fail("function \"" + std::string(f.name) +
                     "\" is not supported by kiln (it needs a network service)");
@@ -2015,8 +2188,8 @@ class Renderer {
         for (std::size_t k = 1; k < a.size(); ++k) {
           const auto* s = std::get_if<std::string>(&item);
           if (!s)
-            return call_error(f, "can't index item of type " +
-                                     std::string(type_name(item)));
+            return call_error(
+                f, "can't index item of type " + std::string(type_name(item)));
           const auto* x = std::get_if<std::int64_t>(&a[k]);
           if (!x)
             return call_error(f, "cannot index slice/array with type " +
@@ -2039,7 +2212,8 @@ class Renderer {
         return Value(std::move(*r));
       }
       case Fn::kEq:
-        if (a.size() == 1) return call_error(f, "missing argument for comparison");
+        if (a.size() == 1)
+          return call_error(f, "missing argument for comparison");
         for (std::size_t k = 1; k < a.size(); ++k) {
           if (a[k].index() != a[0].index())
             return call_error(f, "incompatible types for comparison");
@@ -2061,19 +2235,24 @@ class Renderer {
         const bool less = a[0] < a[1];
         const bool equal = a[0] == a[1];
         switch (f.fn) {
-          case Fn::kLt: return Value(less);
-          case Fn::kLe: return Value(less || equal);
-          case Fn::kGt: return Value(!less && !equal);
-          default: return Value(!less);
+          case Fn::kLt:
+            return Value(less);
+          case Fn::kLe:
+            return Value(less || equal);
+          case Fn::kGt:
+            return Value(!less && !equal);
+          default:
+            return Value(!less);
         }
       }
       case Fn::kHtml:
       case Fn::kJs:
       case Fn::kUrlquery: {
         if (total_size(a) > kMaxValueBytes) return too_long(f);
-        const std::string s = (a.size() == 1 && std::holds_alternative<std::string>(a[0]))
-                                  ? str(a[0])
-                                  : go_sprint(a);
+        const std::string s =
+            (a.size() == 1 && std::holds_alternative<std::string>(a[0]))
+                ? str(a[0])
+                : go_sprint(a);
         if (f.fn == Fn::kHtml) return Value(go_html_escape(s));
         if (f.fn == Fn::kJs) return Value(go_js_escape(s));
         return Value(go_query_escape(s));
