@@ -639,6 +639,7 @@ void Loader::resolve_variables() {
   // Packer does (it gives up after 100 rounds).
   tmpl::Context c = context(nullptr);
   c.env_allowed = true;
+  c.packer_version.clear();  // not available in variables, as in Packer
   std::map<std::string, std::string> done;
   std::map<std::string, Error> failures;
   for (int round = 0; round < 100 && !pending.empty(); ++round) {
@@ -990,7 +991,7 @@ std::optional<Value> Loader::normalize(rules::Kind kind, const Plugin& p,
   }
   if (out_.errors.size() != errors_before) return std::nullopt;
 
-  rules::BuildInfo info{b.name, b.plugin.type, dir_};
+  rules::BuildInfo info{b.name, b.plugin.type, dir_, req_.force};
   Errors errs, warns;
   rules::apply(kind, p.type, config, a, info, p.pointer, errs, warns);
   auto relocate = [&](Error& e) {
@@ -1124,6 +1125,7 @@ void Loader::make_build(const Builder& b) {
   build.AddMember("post_processors", chains, a);
   build.AddMember("captures", captures, a);
   build.AddMember("on_error", Value(req_.on_error, a), a);
+  build.AddMember("force", req_.force, a);
   Value tpl(rapidjson::kObjectType);
   tpl.AddMember("path", Value(path_, a), a);
   tpl.AddMember("dir", Value(dir_, a), a);

@@ -34,6 +34,7 @@ struct Request {
   std::vector<std::string> except;  ///< names or globs
   bool syntax_only = false;
   std::string on_error = "cleanup";
+  bool force = false;  ///< Packer's -force: existing outputs may be replaced
   std::int64_t timestamp = 0;  ///< unix seconds; fixed for the whole run
   /// The template's text, when the caller has it already (tests, fuzzing);
   /// `path` then only names it.

@@ -884,7 +884,8 @@ void qemu_builder(Config& c) {
   if (!contains(kDetectZeroes, c.str("disk_detect_zeroes")))
     c.error("disk_detect_zeroes", "unrecognized disk detect zeroes setting");
   // Packer will not build into an existing directory without -force.
-  if (const std::string dir = c.str("output_directory"); stat_error(dir).empty())
+  if (const std::string dir = c.str("output_directory");
+      !c.build().force && stat_error(dir).empty())
     c.error("output_directory",
             "Output directory '" + dir + "' already exists. It must not exist.");
   if (c.integer("vnc_port_min") > c.integer("vnc_port_max"))

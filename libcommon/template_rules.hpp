@@ -21,6 +21,7 @@ struct BuildInfo {
   std::string name;          ///< the build's name (builder "name" or type)
   std::string type;          ///< the builder's type
   std::string template_dir;  ///< absolute folder of the template
+  bool force = false;        ///< Packer's -force: outputs may be replaced
 };
 
 /// Checks `config` (a JSON object whose values already have the types the

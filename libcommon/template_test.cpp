@@ -152,3 +152,24 @@ BOOST_AUTO_TEST_CASE(syntax_errors_stop_at_once) {
   BOOST_TEST(o.errors[0].where.line == 1);
   BOOST_TEST(o.errors[0].where.column == 15);
 }
+
+BOOST_AUTO_TEST_CASE(existing_output_directory_needs_force) {
+  char dir[] = "/tmp/kiln-template-test-XXXXXX";
+  BOOST_REQUIRE(::mkdtemp(dir));
+  fs::create_directory(std::string(dir) + "/output-q");
+  std::string t = R"({"builders": [{"type": "qemu", "name": "q", "iso_url": "base.qcow2",
+    "iso_checksum": "none", "disk_image": true, "ssh_username": "root"}]})";
+  templates::Request r;
+  r.path = std::string(dir) + "/t.json";
+  r.template_text = t;
+  auto refused = templates::load(r);
+  BOOST_TEST(messages(refused).find("already exists") != std::string::npos, messages(refused));
+  r.force = true;
+  auto forced = templates::load(r);
+  BOOST_TEST(forced.errors.empty(), messages(forced));
+  BOOST_REQUIRE_EQUAL(forced.builds.size(), 1u);
+  BOOST_TEST(forced.builds[0]["force"].GetBool());
+  BOOST_TEST(std::string(forced.builds[0]["builder"]["output_directory"].GetString()) ==
+             std::string(dir) + "/output-q");
+  fs::remove_all(dir);
+}

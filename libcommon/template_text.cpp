@@ -2145,6 +2145,8 @@ class Renderer {
         return Value(std::move(r).value());
       }
       case Fn::kPackerVersion:
+        // Like build_name, Packer has no version to give in variables.
+        if (ctx_.packer_version.empty()) return call_error(f, "packer_version not available");
         return Value(ctx_.packer_version);
       case Fn::kReplace: {
         auto r = go_replace(str(a[3]), str(a[0]), str(a[1]), num(a[2]));

@@ -40,6 +40,8 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
       ("except", cli::po::value<std::vector<std::string>>(&except)->value_name("NAMES"),
        "all builds but these: names or globs (also -except)")
       ("syntax-only", "only check the syntax; write no records (also -syntax-only)")
+      ("force", "outputs may be replaced: an existing output_directory is no\n"
+                "error, and capture overwrites (also -force)")
       ("on-error", cli::po::value<std::string>(&on_error)->value_name("WHAT"),
        "what later tools do with a failed build's machine: cleanup (default),\n"
        "abort (leave it running) or ask")
@@ -73,6 +75,7 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
   for (const std::string& s : only) names(s, o.request.only);
   for (const std::string& s : except) names(s, o.request.except);
   o.request.syntax_only = vm.count("syntax-only") > 0;
+  o.request.force = vm.count("force") > 0;
   if (on_error != "cleanup" && on_error != "abort" && on_error != "ask")
     return Error(Exit::usage, "--on-error must be cleanup, abort or ask, not '" +
                                   on_error + "'");
