@@ -59,7 +59,6 @@ class Parser {
   po::options_description own_;
   po::options_description common_;
   po::positional_options_description positional_;
-  Common* bound_ = nullptr;
 };
 
 /// The Logger the common options ask for (colour only on a terminal).
