@@ -317,6 +317,19 @@ std::string to_string(const Value& value, bool pretty) {
   return std::string(buf.GetString(), buf.GetSize());
 }
 
+void for_each_string(Value& v, const std::string& pointer,
+                     const std::function<void(Value&, const std::string&)>& visit) {
+  if (v.IsString()) {
+    visit(v, pointer);
+  } else if (v.IsArray()) {
+    for (rapidjson::SizeType i = 0; i < v.Size(); ++i)
+      for_each_string(v[i], child(pointer, i), visit);
+  } else if (v.IsObject()) {
+    for (auto m = v.MemberBegin(); m != v.MemberEnd(); ++m)
+      for_each_string(m->value, child(pointer, m->name.GetString()), visit);
+  }
+}
+
 const char* type_name(const Value& v) {
   switch (v.GetType()) {
     case rapidjson::kNullType: return "null";

@@ -3,6 +3,7 @@
 /// JSON text in and out with RapidJSON, keeping where every value came from
 /// so that errors can name the file, line and column of a key.
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -67,6 +68,11 @@ std::string pointer_token(std::string_view key);
 /// Appends "/token" to a pointer.
 std::string child(const std::string& pointer, std::string_view key);
 std::string child(const std::string& pointer, size_t index);
+
+/// Calls `visit(string_value, pointer)` for every string in `value`, at any
+/// depth, with the JSON pointer of each (below `pointer`).
+void for_each_string(Value& value, const std::string& pointer,
+                     const std::function<void(Value&, const std::string&)>& visit);
 
 /// A short description of a value's JSON type: "string", "object"...
 const char* type_name(const Value& value);

@@ -172,8 +172,9 @@ class Loader {
               const std::string& key, Alloc& a);
   bool applies(const Value& obj, const std::string& build) const;
   bool excluded_post_processor(const Plugin& p) const;
-  void mark_sensitive(const Value& v, const std::string& pointer,
+  void mark_sensitive(Value& v, const std::string& pointer,
                       Value& list, Alloc& a) const;
+  std::string unknown_type(const std::string& kind, const std::string& type) const;
 
   const Value& definition(const std::string& kind, const std::string& type) const;
   std::vector<std::string> known_types(const std::string& kind) const;
@@ -355,6 +356,16 @@ void Loader::check_root() {
   }
 }
 
+std::string Loader::unknown_type(const std::string& kind,
+                                 const std::string& type) const {
+  auto known = known_types(kind);
+  std::string msg = "unknown " + kind + " type \"" + type +
+                    "\"; known types: " + text::join(known, ", ");
+  std::string hint = text::suggest(type, known);
+  if (!hint.empty()) msg += "; did you mean \"" + hint + "\"?";
+  return msg;
+}
+
 bool Loader::check_plugin_object(const Value& v, const std::string& pointer,
                                  const char* kind, Plugin& out) {
   out.pointer = pointer;
@@ -377,12 +388,7 @@ bool Loader::check_plugin_object(const Value& v, const std::string& pointer,
   out.type = t->value.GetString();
   std::string kind_key = kind;
   if (!req_.syntax_only && definition(kind_key, out.type).IsNull()) {
-    auto known = known_types(kind_key);
-    std::string msg = "unknown " + std::string(kind) + " type \"" + out.type +
-                      "\"; known types: " + text::join(known, ", ");
-    std::string hint = text::suggest(out.type, known);
-    if (!hint.empty()) msg += "; did you mean \"" + hint + "\"?";
-    error(json::child(pointer, "type"), msg);
+    error(json::child(pointer, "type"), unknown_type(kind_key, out.type));
     return false;
   }
   return true;
@@ -521,12 +527,7 @@ void Loader::collect_post_processors() {
       p.type = v.GetString();
       p.raw = nullptr;
       if (!req_.syntax_only && definition("post-processor", p.type).IsNull()) {
-        auto known = known_types("post-processor");
-        std::string msg = "unknown post-processor type \"" + p.type +
-                          "\"; known types: " + text::join(known, ", ");
-        std::string hint = text::suggest(p.type, known);
-        if (!hint.empty()) msg += "; did you mean \"" + hint + "\"?";
-        error(ptr, msg);
+        error(ptr, unknown_type("post-processor", p.type));
         return;
       }
     } else if (v.IsArray()) {
@@ -720,22 +721,16 @@ tmpl::Context Loader::context(const Builder* b) const {
 
 void Loader::interpolate(Value& v, const std::string& pointer,
                          const tmpl::Context& c, Alloc& a) {
-  if (v.IsString()) {
-    std::string_view s(v.GetString(), v.GetStringLength());
+  json::for_each_string(v, pointer, [&](Value& str, const std::string& ptr) {
+    std::string_view s(str.GetString(), str.GetStringLength());
     if (!tmpl::has_actions(s)) return;
     auto r = tmpl::render(s, c);
     if (!r) {
-      error(pointer, "cannot render " + shown(v) + ": " + r.error().message);
+      error(ptr, "cannot render " + shown(str) + ": " + r.error().message);
       return;
     }
-    v.SetString(*r, a);
-  } else if (v.IsArray()) {
-    for (rapidjson::SizeType i = 0; i < v.Size(); ++i)
-      interpolate(v[i], json::child(pointer, i), c, a);
-  } else if (v.IsObject()) {
-    for (auto m = v.MemberBegin(); m != v.MemberEnd(); ++m)
-      interpolate(m->value, json::child(pointer, m->name.GetString()), c, a);
-  }
+    str.SetString(*r, a);
+  });
 }
 
 void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
@@ -1048,23 +1043,17 @@ bool Loader::applies(const Value& obj, const std::string& build) const {
   return !has("except");
 }
 
-void Loader::mark_sensitive(const Value& v, const std::string& pointer,
+void Loader::mark_sensitive(Value& v, const std::string& pointer,
                             Value& list, Alloc& a) const {
-  if (v.IsString()) {
-    std::string_view s(v.GetString(), v.GetStringLength());
+  json::for_each_string(v, pointer, [&](Value& str, const std::string& ptr) {
+    std::string_view s(str.GetString(), str.GetStringLength());
     for (const std::string& secret : out_.secrets) {
       if (!secret.empty() && s.find(secret) != std::string_view::npos) {
-        list.PushBack(Value(pointer, a), a);
+        list.PushBack(Value(ptr, a), a);
         return;
       }
     }
-  } else if (v.IsArray()) {
-    for (rapidjson::SizeType i = 0; i < v.Size(); ++i)
-      mark_sensitive(v[i], json::child(pointer, i), list, a);
-  } else if (v.IsObject()) {
-    for (auto m = v.MemberBegin(); m != v.MemberEnd(); ++m)
-      mark_sensitive(m->value, json::child(pointer, m->name.GetString()), list, a);
-  }
+  });
 }
 
 void Loader::make_build(const Builder& b) {
@@ -1152,7 +1141,7 @@ void Loader::make_build(const Builder& b) {
   for (auto m = build.MemberBegin(); m != build.MemberEnd(); ++m) {
     std::string k = m->name.GetString();
     if (k == "template" || k == "run_uuid") continue;
-    mark_sensitive(m->value, json::child("", k), marks, a);
+    mark_sensitive(m->value, json::child("", k), marks, build.GetAllocator());
   }
   build.AddMember("sensitive", marks, a);
 
