@@ -1,0 +1,985 @@
+// SPDX-License-Identifier: MIT
+#include "ssh.hpp"
+
+#include <libssh2.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cctype>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "atomic_file.hpp"
+#include "signals.hpp"
+
+namespace kiln::ssh {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using namespace std::chrono_literals;
+
+/// Pause between two tries to reach a server that is not up yet.
+constexpr milliseconds kRetryEvery = 200ms;
+/// How long cleanup (signalling a command, closing, disconnecting) may wait
+/// for a peer that no longer answers.
+constexpr milliseconds kCleanupTime = 1500ms;
+/// drive()'s results besides libssh2's own codes (which are small negatives).
+constexpr int kTimedOut = -100000;
+constexpr int kInterrupted = -100001;
+
+int libssh2_ready() {
+  static std::once_flag once;
+  static int rc = 0;
+  std::call_once(once, [] { rc = libssh2_init(0); });
+  return rc;
+}
+
+std::string seconds_text(Clock::duration d) {
+  auto ms = std::chrono::duration_cast<milliseconds>(d).count();
+  if (ms < 1000) return std::to_string(ms) + " ms";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f s", static_cast<double>(ms) / 1000.0);
+  return buf;
+}
+
+// ---------------------------------------------------------------- encodings
+
+std::string base64(std::string_view data) {
+  std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(data.data()),
+                          static_cast<int>(data.size()));
+  out.resize(n < 0 ? 0 : static_cast<size_t>(n));
+  return out;
+}
+
+/// Decodes padded base64; false when `text` is not base64.
+bool unbase64(std::string_view text, std::string& out) {
+  if (text.empty() || text.size() % 4 != 0) return false;
+  out.assign(text.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
+  if (n < 0) return false;
+  // EVP_DecodeBlock counts the padding as zero bytes.
+  size_t pad = 0;
+  while (pad < 2 && text[text.size() - 1 - pad] == '=') ++pad;
+  out.resize(static_cast<size_t>(n) - pad);
+  return true;
+}
+
+std::string fingerprint(std::string_view blob) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(blob.data(), blob.size(), md, &len, EVP_sha256(), nullptr);
+  std::string b64 = base64(std::string_view(reinterpret_cast<char*>(md), len));
+  while (!b64.empty() && b64.back() == '=') b64.pop_back();
+  return "SHA256:" + b64;
+}
+
+void put_u32(std::string& b, uint32_t v) {
+  b += static_cast<char>(v >> 24);
+  b += static_cast<char>(v >> 16);
+  b += static_cast<char>(v >> 8);
+  b += static_cast<char>(v);
+}
+
+void put_string(std::string& b, std::string_view s) {
+  put_u32(b, static_cast<uint32_t>(s.size()));
+  b.append(s);
+}
+
+/// The big-endian uint32 at the start of `b` (which has 4 bytes at least).
+uint32_t be32(std::string_view b) {
+  auto u = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(b[i])); };
+  return u(0) << 24 | u(1) << 16 | u(2) << 8 | u(3);
+}
+
+/// The key type named at the start of an SSH public key blob, "" if none.
+std::string blob_type(std::string_view blob) {
+  if (blob.size() < 4) return "";
+  uint32_t len = be32(blob);
+  if (len == 0 || len > 64 || 4 + len > blob.size()) return "";
+  std::string type(blob.substr(4, len));
+  for (char c : type)
+    if (c <= ' ' || c > '~') return "";
+  return type;
+}
+
+/// A std::string for key material, wiped when it goes away. Callers reserve
+/// its final size first so no reallocation leaves copies behind.
+struct SecretString {
+  std::string s;
+  SecretString() = default;
+  SecretString(const SecretString&) = delete;
+  SecretString& operator=(const SecretString&) = delete;
+  ~SecretString() { OPENSSL_cleanse(s.data(), s.size()); }
+};
+
+// ---------------------------------------------------------------- waiting
+
+enum class Waited { ready, idle, timeout, interrupted };
+
+/// Waits until `fd` has one of `events`, `deadline` passes, a signal
+/// arrives (when `watch_signals`), or `cap` elapses (then idle).
+Waited wait_fd(int fd, short events, Clock::time_point deadline, bool watch_signals,
+               milliseconds cap = 60s) {
+  if (watch_signals && signals::interrupted()) return Waited::interrupted;
+  auto now = Clock::now();
+  if (now >= deadline) return Waited::timeout;
+  auto left =
+      deadline == Clock::time_point::max() ? cap : std::chrono::ceil<milliseconds>(deadline - now);
+  int ms = static_cast<int>(std::min(left, cap).count());
+  pollfd p[2] = {{fd, events, 0}, {signals::wake_fd(), POLLIN, 0}};
+  nfds_t n = watch_signals && p[1].fd >= 0 ? 2 : 1;
+  int rc = ::poll(p, n, ms);
+  if (watch_signals && signals::interrupted()) return Waited::interrupted;
+  if (rc > 0 && p[0].revents != 0) return Waited::ready;
+  if (Clock::now() >= deadline) return Waited::timeout;
+  return Waited::idle;
+}
+
+bool is_connection_loss(int rc) {
+  switch (rc) {
+    case LIBSSH2_ERROR_SOCKET_NONE:
+    case LIBSSH2_ERROR_SOCKET_SEND:
+    case LIBSSH2_ERROR_SOCKET_RECV:
+    case LIBSSH2_ERROR_SOCKET_DISCONNECT:
+    case LIBSSH2_ERROR_SOCKET_TIMEOUT:
+    case LIBSSH2_ERROR_BAD_SOCKET:
+    case LIBSSH2_ERROR_BANNER_SEND:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string loss_reason(int rc) {
+  switch (rc) {
+    case LIBSSH2_ERROR_SOCKET_DISCONNECT:
+      return "the server closed the connection";
+    case LIBSSH2_ERROR_SOCKET_RECV:
+      return "the connection broke while reading (reset by the peer?)";
+    case LIBSSH2_ERROR_SOCKET_SEND:
+    case LIBSSH2_ERROR_BANNER_SEND:
+      return "the connection broke while writing (reset by the peer?)";
+    default:
+      return "socket error";
+  }
+}
+
+/// Signal names as SSH sends them (RFC 4254 6.10) and their Linux numbers.
+int signal_number(std::string_view name) {
+  static constexpr std::pair<std::string_view, int> kSignals[] = {
+      {"HUP", 1},   {"INT", 2},   {"QUIT", 3},  {"ILL", 4},   {"TRAP", 5},  {"ABRT", 6},
+      {"BUS", 7},   {"FPE", 8},   {"KILL", 9},  {"USR1", 10}, {"SEGV", 11}, {"USR2", 12},
+      {"PIPE", 13}, {"ALRM", 14}, {"TERM", 15}, {"XCPU", 24}, {"XFSZ", 25}};
+  if (name.substr(0, 3) == "SIG") name.remove_prefix(3);
+  for (const auto& [n, number] : kSignals)
+    if (n == name) return number;
+  return 127;  // an unknown signal still reads as "ended by a signal" (255)
+}
+
+std::string join(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : ", ") + p;
+  return out;
+}
+
+bool offers(const std::string& methods, std::string_view method) {
+  size_t start = 0;
+  while (start <= methods.size()) {
+    size_t end = methods.find(',', start);
+    if (end == std::string::npos) end = methods.size();
+    if (std::string_view(methods).substr(start, end - start) == method) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+
+ private:
+  int fd_;
+};
+
+std::string where_of(const Endpoint& ep) {
+  bool v6 = ep.host.find(':') != std::string::npos;
+  return (v6 ? "[" + ep.host + "]" : ep.host) + ":" + std::to_string(ep.port);
+}
+
+/// A connected non-blocking TCP socket with TCP_NODELAY. Errors:
+/// Exit::tempfail (refused, unreachable, no answer by `deadline`),
+/// Exit::config (unknown host), Exit::interrupted.
+Result<int> tcp_connect(const Endpoint& ep, Clock::time_point deadline) {
+  const std::string where = where_of(ep);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  int gai = ::getaddrinfo(ep.host.c_str(), std::to_string(ep.port).c_str(), &hints, &found);
+  if (gai == EAI_NONAME) return Error(Exit::config, "unknown host '" + ep.host + "'");
+  if (gai != 0)
+    return Error(Exit::tempfail, "cannot resolve " + ep.host + ": " + ::gai_strerror(gai));
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
+
+  std::string reason = "no address";
+  for (addrinfo* ai = found; ai; ai = ai->ai_next) {
+    Fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+    if (fd.get() < 0) {
+      reason = std::strerror(errno);
+      continue;
+    }
+    if (::connect(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
+      if (errno != EINPROGRESS) {
+        reason = std::strerror(errno);
+        continue;
+      }
+      Waited w;
+      while ((w = wait_fd(fd.get(), POLLOUT, deadline, true)) == Waited::idle) {
+      }
+      if (w == Waited::interrupted)
+        return Error(Exit::interrupted, "interrupted while connecting to " + where);
+      if (w == Waited::timeout) return Error(Exit::tempfail, "no answer from " + where);
+      int so_error = 0;
+      socklen_t len = sizeof so_error;
+      ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &so_error, &len);
+      if (so_error != 0) {
+        reason = std::strerror(so_error);
+        continue;
+      }
+    }
+    int one = 1;
+    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd.release();
+  }
+  for (char& c : reason) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return Error(Exit::tempfail, "cannot connect to " + where + ": " + reason);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- session
+
+namespace detail {
+
+struct SessionState {
+  int fd = -1;
+  LIBSSH2_SESSION* s = nullptr;
+  bool handshaken = false;
+  std::string where;
+  HostKey host_key;
+  int keepalive_seconds = 0;
+  const std::string* kbd_password = nullptr;  ///< during keyboard-interactive
+  /// The server's auth methods, asked once: libssh2 1.10 leaks the previous
+  /// answer when libssh2_userauth_list() is called again.
+  std::optional<std::string> auth_methods;
+  /// Channels whose command we stopped waiting for: closed on our side,
+  /// freed once the server has closed them too (or with the session).
+  std::vector<LIBSSH2_CHANNEL*> abandoned;
+
+  /// Sends EOF and CLOSE for `ch` without waiting for the server's CLOSE,
+  /// which OpenSSH sends only once the command has exited.
+  void abandon(LIBSSH2_CHANNEL* ch) {
+    drive([&] { return libssh2_channel_close(ch); }, Clock::now() + 200ms, false);
+    abandoned.push_back(ch);
+  }
+  /// Frees the abandoned channels the server has closed since.
+  void reap() {
+    std::erase_if(abandoned, [](LIBSSH2_CHANNEL* ch) {
+      return libssh2_channel_free(ch) != LIBSSH2_ERROR_EAGAIN;
+    });
+  }
+
+  SessionState() = default;
+  SessionState(const SessionState&) = delete;
+  SessionState& operator=(const SessionState&) = delete;
+  ~SessionState();
+
+  std::string last_error() const {
+    char* msg = nullptr;
+    int len = 0;
+    libssh2_session_last_error(s, &msg, &len, 0);
+    return msg && len > 0 ? std::string(msg, static_cast<size_t>(len))
+                          : std::string("unknown error");
+  }
+
+  /// Calls `op` (a libssh2 call returning 0 or an error code) until it stops
+  /// answering EAGAIN, waiting on the socket in between. Returns its code,
+  /// or kTimedOut / kInterrupted.
+  template <class Op>
+  int drive(Op&& op, Clock::time_point deadline, bool watch_signals = true) {
+    for (;;) {
+      int rc = op();
+      if (rc != LIBSSH2_ERROR_EAGAIN) return rc;
+      int dirs = libssh2_session_block_directions(s);
+      short events = 0;
+      if (dirs & LIBSSH2_SESSION_BLOCK_INBOUND) events |= POLLIN;
+      if (dirs & LIBSSH2_SESSION_BLOCK_OUTBOUND) events |= POLLOUT;
+      // EAGAIN with no socket direction comes from an agent round trip:
+      // poll briefly rather than not at all.
+      milliseconds cap = events ? 60s : 10ms;
+      if (!events) events = POLLIN;
+      Waited w = wait_fd(fd, events, deadline, watch_signals, cap);
+      if (w == Waited::timeout) return kTimedOut;
+      if (w == Waited::interrupted) return kInterrupted;
+    }
+  }
+
+  /// The Error for a failed `drive` of `doing` (e.g. "authentication").
+  Error failure(int rc, const std::string& doing) const {
+    if (rc == kTimedOut) return Error(Exit::tempfail, doing + " on " + where + " timed out");
+    if (rc == kInterrupted)
+      return Error(Exit::interrupted, "interrupted during " + doing + " on " + where);
+    if (is_connection_loss(rc))
+      return Error(Exit::protocol, "connection lost to " + where + " during " + doing + " (" +
+                                       loss_reason(rc) + ")");
+    return Error(Exit::protocol, doing + " on " + where + " failed: " + last_error());
+  }
+};
+
+SessionState::~SessionState() {
+  if (s) {
+    auto deadline = Clock::now() + kCleanupTime;
+    if (handshaken)
+      drive([&] { return libssh2_session_disconnect(s, "closed by kiln"); }, deadline, false);
+    // With the socket shut, whatever libssh2 still wants to send fails at
+    // once instead of waiting on a peer that may be gone.
+    if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+    for (int i = 0; i < 100 && !abandoned.empty(); ++i) reap();
+    for (int i = 0; i < 100 && libssh2_session_free(s) == LIBSSH2_ERROR_EAGAIN; ++i) {
+    }
+  }
+  if (fd >= 0) ::close(fd);
+}
+
+}  // namespace detail
+
+namespace {
+
+using ImplPtr = std::unique_ptr<detail::SessionState>;
+
+/// One TCP connection and handshake. Errors as Session::connect, with
+/// Exit::tempfail for every failure a retry may cure.
+Result<ImplPtr> open_once(const Endpoint& ep, Clock::time_point deadline) {
+  auto fd = tcp_connect(ep, deadline);
+  if (!fd) return fd.error();
+  auto impl = std::make_unique<detail::SessionState>();
+  impl->fd = *fd;
+  impl->where = where_of(ep);
+  impl->s = libssh2_session_init_ex(nullptr, nullptr, nullptr, impl.get());
+  if (!impl->s) return Error(Exit::software, "cannot create an SSH session: out of memory");
+  libssh2_session_set_blocking(impl->s, 0);
+
+  int rc = impl->drive([&] { return libssh2_session_handshake(impl->s, impl->fd); }, deadline);
+  if (rc == kTimedOut) return Error(Exit::tempfail, "no SSH handshake from " + impl->where);
+  if (rc == kInterrupted) return impl->failure(rc, "the SSH handshake");
+  if (rc != 0) {
+    const char* banner = libssh2_session_banner_get(impl->s);
+    if (banner && std::strncmp(banner, "SSH-", 4) != 0)
+      return Error(Exit::protocol, impl->where + " is not an SSH server (it sent: " +
+                                       std::string(banner).substr(0, 60) + ")");
+    // A server that is still starting (or a port forwarder whose target is
+    // not up yet) accepts and then drops the connection: worth a retry.
+    if (is_connection_loss(rc))
+      return Error(Exit::tempfail, impl->where +
+                                       " closed the connection during the SSH "
+                                       "handshake: " +
+                                       impl->last_error());
+    return Error(Exit::protocol,
+                 "SSH handshake with " + impl->where + " failed: " + impl->last_error());
+  }
+  impl->handshaken = true;
+
+  size_t len = 0;
+  int type = 0;
+  const char* key = libssh2_session_hostkey(impl->s, &len, &type);
+  std::string_view blob(key ? key : "", key ? len : 0);
+  std::string name = blob_type(blob);
+  if (name.empty()) return Error(Exit::protocol, impl->where + " sent an unreadable host key");
+  impl->host_key.openssh = name + " " + base64(blob);
+  impl->host_key.fingerprint = fingerprint(blob);
+  return impl;
+}
+
+}  // namespace
+
+Session::Session(std::unique_ptr<detail::SessionState> state) : state_(std::move(state)) {}
+Session::Session(Session&&) noexcept = default;
+Session& Session::operator=(Session&&) noexcept = default;
+Session::~Session() = default;
+
+Result<Session> Session::connect(const Endpoint& ep, milliseconds timeout) {
+  if (libssh2_ready() != 0) return Error(Exit::software, "cannot initialise libssh2");
+  const auto start = Clock::now();
+  const auto deadline = start + timeout;
+  std::string last = "no try finished";
+  for (;;) {
+    const auto tried_at = Clock::now();
+    auto impl = open_once(ep, deadline);
+    if (impl) return Session(std::move(*impl));
+    if (impl.error().code != Exit::tempfail) return std::move(impl).error();
+    last = impl.error().message;
+    auto next = std::min(tried_at + kRetryEvery, deadline);
+    if (Clock::now() >= deadline) break;
+    if (!signals::sleep_for(std::chrono::ceil<milliseconds>(next - Clock::now())))
+      return Error(Exit::interrupted, "interrupted while connecting to " + where_of(ep));
+    if (Clock::now() >= deadline) break;
+  }
+  return Error(Exit::tempfail, "no SSH server answered on " + where_of(ep) + " within " +
+                                   seconds_text(Clock::now() - start) + " (last: " + last + ")");
+}
+
+const HostKey& Session::host_key() const {
+  assert(state_);
+  return state_->host_key;
+}
+
+Result<HostKey> parse_public_key(std::string_view line) {
+  auto word = [&]() {
+    size_t b = line.find_first_not_of(" \t\r\n");
+    if (b == std::string_view::npos) return std::string_view();
+    line.remove_prefix(b);
+    size_t e = std::min(line.find_first_of(" \t\r\n"), line.size());
+    auto w = line.substr(0, e);
+    line.remove_prefix(e);
+    return w;
+  };
+  std::string_view type = word();
+  std::string_view b64 = word();
+  std::string blob;
+  if (type.empty() || !unbase64(b64, blob) || blob_type(blob) != type) {
+    std::string shown(type.substr(0, 40));
+    return Error(Exit::dataerr, "not an OpenSSH public key (\"type base64\"): '" + shown + "...'");
+  }
+  return HostKey{std::string(type) + " " + std::string(b64), fingerprint(blob)};
+}
+
+Status Session::pin_host_key(const std::string& expected) {
+  std::string want;
+  if (expected.rfind("SHA256:", 0) == 0) {
+    want = expected;
+    while (!want.empty() &&
+           (want.back() == '=' || std::isspace(static_cast<unsigned char>(want.back()))))
+      want.pop_back();
+  } else {
+    auto key = parse_public_key(expected);
+    if (!key) return key.error();
+    want = key->fingerprint;
+  }
+  if (want != state_->host_key.fingerprint)
+    return Error(Exit::protocol, "host key mismatch: expected " + want + ", got " +
+                                     state_->host_key.fingerprint + " from " + state_->where);
+  return {};
+}
+
+namespace {
+
+/// The type of the key in a private key file ("ssh-rsa", ...), "" when it
+/// cannot tell; used only to explain a refusal.
+std::string private_key_type(const std::string& path) {
+  auto text = read_file(path);
+  if (!text) return "";
+  SecretString pem;
+  pem.s = std::move(*text);
+  if (pem.s.find("-----BEGIN RSA PRIVATE KEY-----") != std::string::npos) return "ssh-rsa";
+  const std::string_view begin = "-----BEGIN OPENSSH PRIVATE KEY-----";
+  size_t b = pem.s.find(begin);
+  size_t e = pem.s.find("-----END OPENSSH PRIVATE KEY-----");
+  if (b == std::string::npos || e == std::string::npos || e < b) return "";
+  SecretString b64;
+  b64.s.reserve(e - b);
+  for (size_t i = b + begin.size(); i < e; ++i)
+    if (!std::isspace(static_cast<unsigned char>(pem.s[i]))) b64.s += pem.s[i];
+  SecretString raw;
+  raw.s.reserve(b64.s.size());
+  if (!unbase64(b64.s, raw.s)) return "";
+  // "openssh-key-v1\0", cipher, kdf, kdf options, key count, then the
+  // first public key (never encrypted).
+  std::string_view rest(raw.s);
+  auto take = [&](std::string_view& field) {
+    if (rest.size() < 4 || rest.size() - 4 < be32(rest)) return false;
+    field = rest.substr(4, be32(rest));
+    rest.remove_prefix(4 + field.size());
+    return true;
+  };
+  std::string_view cipher, kdf, kdf_options, public_key;
+  if (rest.substr(0, 15) != std::string_view("openssh-key-v1\0", 15)) return "";
+  rest.remove_prefix(15);
+  if (!take(cipher) || !take(kdf) || !take(kdf_options) || rest.size() < 4) return "";
+  rest.remove_prefix(4);
+  if (!take(public_key)) return "";
+  return blob_type(public_key);
+}
+
+/// Answers every keyboard-interactive prompt with the password, as OpenSSH
+/// servers with PAM ask for it that way.
+void answer_with_password(const char*, int, const char*, int, int num_prompts,
+                          const LIBSSH2_USERAUTH_KBDINT_PROMPT*,
+                          LIBSSH2_USERAUTH_KBDINT_RESPONSE* responses, void** abstract) {
+  auto* impl = static_cast<detail::SessionState*>(*abstract);
+  for (int i = 0; i < num_prompts; ++i) {
+    const std::string& pw = impl && impl->kbd_password ? *impl->kbd_password : "";
+    // libssh2 frees the answers with free().
+    responses[i].text = static_cast<char*>(std::malloc(pw.size() + 1));
+    if (!responses[i].text) {
+      responses[i].length = 0;
+      continue;
+    }
+    std::memcpy(responses[i].text, pw.data(), pw.size());
+    responses[i].length = static_cast<unsigned>(pw.size());
+  }
+}
+
+}  // namespace
+
+Status Session::authenticate(const std::string& user, const Credentials& cred,
+                             milliseconds timeout) {
+  detail::SessionState& im = *state_;
+  const auto deadline = Clock::now() + timeout;
+  const auto ulen = static_cast<unsigned>(user.size());
+
+  if (libssh2_userauth_authenticated(im.s)) return {};
+  int rc = 0;
+  if (!im.auth_methods) {
+    char* listed = nullptr;
+    rc = im.drive(
+        [&] {
+          listed = libssh2_userauth_list(im.s, user.c_str(), ulen);
+          if (listed || libssh2_userauth_authenticated(im.s)) return 0;
+          return libssh2_session_last_errno(im.s);
+        },
+        deadline);
+    if (rc != 0) return im.failure(rc, "authentication");
+    if (!listed) return {};  // the server let us in with "none"
+    im.auth_methods = listed;
+  }
+  const std::string& accepts = *im.auth_methods;
+  bool rsa_tried = false;
+
+  std::vector<std::string> tried;
+  std::vector<std::string> refused_by_server;
+  // A failed attempt: an Error unless it was a plain "no".
+  auto attempt_failed = [&](int code, const std::string& what) -> std::optional<Error> {
+    if (code == kTimedOut || code == kInterrupted) return im.failure(code, "authentication");
+    if (is_connection_loss(code)) {
+      if (tried.empty()) return im.failure(code, "authentication");
+      return Error(Exit::protocol, "permission denied for user " + user +
+                                       " (tried: " + join(tried) + ", then " + what +
+                                       "; the server closed the connection)");
+    }
+    tried.push_back(what);
+    return std::nullopt;
+  };
+
+  if (cred.agent) {
+    const char* sock = std::getenv("SSH_AUTH_SOCK");
+    if (!offers(accepts, "publickey")) {
+      refused_by_server.push_back("agent keys");
+    } else if (!sock || !*sock) {
+      tried.push_back("agent (SSH_AUTH_SOCK is not set)");
+    } else {
+      std::unique_ptr<LIBSSH2_AGENT, void (*)(LIBSSH2_AGENT*)> agent(libssh2_agent_init(im.s),
+                                                                     [](LIBSSH2_AGENT* a) {
+                                                                       libssh2_agent_disconnect(a);
+                                                                       libssh2_agent_free(a);
+                                                                     });
+      if (!agent || libssh2_agent_connect(agent.get()) != 0) {
+        tried.push_back(std::string("agent (cannot connect to ") + sock + ")");
+      } else if (im.drive([&] { return libssh2_agent_list_identities(agent.get()); }, deadline) !=
+                 0) {
+        tried.push_back(std::string("agent (cannot list its keys at ") + sock + ")");
+      } else {
+        libssh2_agent_publickey* prev = nullptr;
+        libssh2_agent_publickey* id = nullptr;
+        int n = 0;
+        while (libssh2_agent_get_identity(agent.get(), &id, prev) == 0) {
+          ++n;
+          rc = im.drive([&] { return libssh2_agent_userauth(agent.get(), user.c_str(), id); },
+                        deadline);
+          if (rc == 0) return {};
+          std::string what = "publickey with agent key " + std::to_string(n);
+          rsa_tried |= blob_type(std::string_view(reinterpret_cast<const char*>(id->blob),
+                                                  id->blob_len)) == "ssh-rsa";
+          if (id->comment && *id->comment) what += std::string(" (") + id->comment + ")";
+          if (auto e = attempt_failed(rc, what)) return *e;
+          prev = id;
+        }
+        if (n == 0) tried.push_back("agent (it holds no keys)");
+      }
+    }
+  }
+
+  if (!cred.private_key_file.empty()) {
+    const std::string& path = cred.private_key_file;
+    if (::access(path.c_str(), R_OK) != 0)
+      return Error(Exit::noinput, "cannot read private key " + path + ": " + std::strerror(errno));
+    if (!offers(accepts, "publickey")) {
+      refused_by_server.push_back("publickey with " + path);
+    } else {
+      const char* pass = cred.passphrase.empty() ? nullptr : cred.passphrase.c_str();
+      rc = im.drive(
+          [&] {
+            return libssh2_userauth_publickey_fromfile_ex(im.s, user.c_str(), ulen, nullptr,
+                                                          path.c_str(), pass);
+          },
+          deadline);
+      if (rc == 0) return {};
+      if (rc == LIBSSH2_ERROR_FILE)
+        return Error(Exit::config,
+                     "cannot load private key " + path + ": " +
+                         (pass ? "wrong passphrase, or not a private key libssh2 reads"
+                               : "it needs a passphrase, or is not a private key "
+                                 "libssh2 reads") +
+                         " (OpenSSH or PEM; ed25519, ecdsa, rsa)");
+      if (auto e = attempt_failed(rc, "publickey with " + path)) return *e;
+      rsa_tried |= private_key_type(path) == "ssh-rsa";
+    }
+  }
+
+  if (!cred.password.empty()) {
+    if (offers(accepts, "password")) {
+      rc = im.drive(
+          [&] {
+            return libssh2_userauth_password_ex(im.s, user.c_str(), ulen, cred.password.c_str(),
+                                                static_cast<unsigned>(cred.password.size()),
+                                                nullptr);
+          },
+          deadline);
+      if (rc == 0) return {};
+      if (rc == LIBSSH2_ERROR_PASSWORD_EXPIRED)
+        return Error(Exit::protocol,
+                     "the password of user " + user + " on " + im.where + " has expired");
+      if (auto e = attempt_failed(rc, "password")) return *e;
+    } else if (offers(accepts, "keyboard-interactive")) {
+      im.kbd_password = &cred.password;
+      rc = im.drive(
+          [&] {
+            return libssh2_userauth_keyboard_interactive_ex(im.s, user.c_str(), ulen,
+                                                            answer_with_password);
+          },
+          deadline);
+      im.kbd_password = nullptr;
+      if (rc == 0) return {};
+      if (auto e = attempt_failed(rc, "keyboard-interactive")) return *e;
+    } else {
+      refused_by_server.push_back("password");
+    }
+  }
+
+  std::string msg = "permission denied for user " + user + " on " + im.where +
+                    " (tried: " + (tried.empty() ? std::string("nothing") : join(tried));
+  if (!refused_by_server.empty()) msg += "; not offered: " + join(refused_by_server);
+  msg += "; server accepts: " + accepts + ")";
+#if LIBSSH2_VERSION_NUM < 0x010b00
+  if (rsa_tried)
+    msg +=
+        "; note: libssh2 before 1.11 signs with RSA keys as ssh-rsa (SHA-1), which "
+        "OpenSSH 8.8 and later refuse unless PubkeyAcceptedAlgorithms allows it: "
+        "an ed25519 or ecdsa key works everywhere";
+#endif
+  return Error(Exit::protocol, msg);
+}
+
+namespace {
+
+/// A session channel, freed when it goes out of scope; one whose command
+/// is still running is closed on our side and left to the session to free
+/// (see SessionState::abandon).
+class Channel {
+ public:
+  Channel(detail::SessionState& im, LIBSSH2_CHANNEL* ch) : im_(im), ch_(ch) {}
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+  ~Channel() {
+    if (abandoned_) {
+      im_.abandon(ch_);
+      return;
+    }
+    int rc =
+        im_.drive([&] { return libssh2_channel_free(ch_); }, Clock::now() + kCleanupTime, false);
+    if (rc == kTimedOut) im_.abandoned.push_back(ch_);
+  }
+  LIBSSH2_CHANNEL* get() const { return ch_; }
+  void abandon() { abandoned_ = true; }
+
+ private:
+  detail::SessionState& im_;
+  LIBSSH2_CHANNEL* ch_;
+  bool abandoned_ = false;
+};
+
+}  // namespace
+
+Result<int> Session::exec(const std::string& command,
+                          const std::function<void(std::string_view)>& out,
+                          const std::function<void(std::string_view)>& err, milliseconds timeout) {
+  detail::SessionState& im = *state_;
+  const auto start = Clock::now();
+  const auto deadline = timeout.count() > 0 ? start + timeout : Clock::time_point::max();
+
+  im.reap();
+  LIBSSH2_CHANNEL* raw = nullptr;
+  int rc = im.drive(
+      [&] {
+        raw = libssh2_channel_open_session(im.s);
+        return raw ? 0 : libssh2_session_last_errno(im.s);
+      },
+      deadline);
+  if (rc != 0) return im.failure(rc, "opening a session channel");
+  Channel channel(im, raw);
+
+  // Leaves a command we stop waiting for: the server is asked to send it
+  // TERM where libssh2 can say so (1.11 and later; 1.10 refuses any channel
+  // request after exec), and the channel is closed, which also closes the
+  // command's stdin, stdout and stderr, so a command that writes ends with
+  // SIGPIPE.
+  auto abandon = [&](Error e) -> Error {
+#if LIBSSH2_VERSION_NUM >= 0x010b00
+    im.drive([&] { return libssh2_channel_signal_ex(raw, "TERM", 4); }, Clock::now() + kCleanupTime,
+             false);
+#endif
+    channel.abandon();
+    return e;
+  };
+  auto lost = [&](int code) -> Error {
+    if (code == kTimedOut)
+      return abandon(Error(
+          Exit::tempfail,
+          "the command on " + im.where + " was still running after " + seconds_text(timeout)));
+    if (code == kInterrupted)
+      return abandon(
+          Error(Exit::interrupted, "interrupted while running the command on " + im.where));
+    if (is_connection_loss(code))
+      return Error(Exit::protocol, "connection lost to " + im.where +
+                                       " while running the command (" + loss_reason(code) + ")");
+    return Error(Exit::protocol,
+                 "running the command on " + im.where + " failed: " + im.last_error());
+  };
+
+  rc = im.drive([&] { return libssh2_channel_exec(raw, command.c_str()); }, deadline);
+  if (rc == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED)
+    return Error(Exit::protocol, im.where + " refused to run the command");
+  if (rc != 0) return lost(rc);
+
+  std::vector<char> buf(64 * 1024);
+  // Reads what has arrived on one stream; a bounded number of chunks so a
+  // fast writer on one stream cannot starve the other or the clock.
+  auto pump = [&](int stream, const std::function<void(std::string_view)>& sink, bool& eof) -> int {
+    for (int i = 0; i < 32; ++i) {
+      ssize_t n = libssh2_channel_read_ex(raw, stream, buf.data(), buf.size());
+      if (n > 0) {
+        if (sink) sink(std::string_view(buf.data(), static_cast<size_t>(n)));
+        continue;
+      }
+      if (n == 0) eof = true;
+      return static_cast<int>(n);
+    }
+    return 0;
+  };
+
+  bool out_eof = false;
+  bool err_eof = false;
+  int stalls = 0;
+  while (!(out_eof && err_eof)) {
+    if (signals::interrupted()) return lost(kInterrupted);
+    if (Clock::now() >= deadline) return lost(kTimedOut);
+    int r1 = out_eof ? 0 : pump(0, out, out_eof);
+    if (r1 < 0 && r1 != LIBSSH2_ERROR_EAGAIN) return lost(r1);
+    int r2 = err_eof ? 0 : pump(SSH_EXTENDED_DATA_STDERR, err, err_eof);
+    if (r2 < 0 && r2 != LIBSSH2_ERROR_EAGAIN) return lost(r2);
+    // A stream that is neither drained nor ended stopped at its chunk budget.
+    if (!(out_eof || r1 == LIBSSH2_ERROR_EAGAIN) || !(err_eof || r2 == LIBSSH2_ERROR_EAGAIN))
+      continue;
+    if (out_eof && err_eof) break;
+
+    milliseconds cap = 60s;
+    // Reading one stream pulls every packet off the socket, the other
+    // stream's too: poll only when libssh2 holds nothing for this channel.
+    unsigned long queued = 0;
+    libssh2_channel_window_read_ex(raw, &queued, nullptr);
+    if (queued > 0) {
+      if (++stalls < 3) continue;
+      cap = 50ms;  // data of an extended type we do not read: do not spin
+    } else {
+      stalls = 0;
+    }
+    if (im.keepalive_seconds > 0) {
+      int next = 0;
+      int k = libssh2_keepalive_send(im.s, &next);
+      if (k != 0 && k != LIBSSH2_ERROR_EAGAIN) return lost(k);
+      cap = std::min<milliseconds>(cap, std::chrono::seconds(std::max(next, 1)));
+    }
+    int dirs = libssh2_session_block_directions(im.s);
+    short events = POLLIN;
+    if (dirs & LIBSSH2_SESSION_BLOCK_OUTBOUND) events |= POLLOUT;
+    Waited w = wait_fd(im.fd, events, deadline, true, cap);
+    if (w == Waited::timeout) return lost(kTimedOut);
+    if (w == Waited::interrupted) return lost(kInterrupted);
+  }
+
+  // The exit status travels just before the server's close of the channel.
+  rc = im.drive([&] { return libssh2_channel_close(raw); }, deadline);
+  if (rc == 0) rc = im.drive([&] { return libssh2_channel_wait_closed(raw); }, deadline);
+  if (rc != 0) return lost(rc);
+
+  char* sig = nullptr;
+  size_t sig_len = 0;
+  libssh2_channel_get_exit_signal(raw, &sig, &sig_len, nullptr, nullptr, nullptr, nullptr);
+  if (sig) {
+    std::string name(sig, sig_len);
+    libssh2_free(im.s, sig);
+    return 128 + signal_number(name);
+  }
+  return libssh2_channel_get_exit_status(raw);
+}
+
+void Session::keepalive(int interval_seconds) {
+  state_->keepalive_seconds = std::max(interval_seconds, 0);
+  libssh2_keepalive_config(state_->s, 1, static_cast<unsigned>(state_->keepalive_seconds));
+}
+
+Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
+                                 Clock::time_point deadline,
+                                 const std::function<Status()>& should_stop) {
+  if (libssh2_ready() != 0) return Error(Exit::software, "cannot initialise libssh2");
+  const auto start = Clock::now();
+  const std::string where = where_of(ep);
+  std::string last = "no try finished";
+  int tries = 0;
+  for (;;) {
+    if (should_stop) {
+      auto st = should_stop();
+      if (!st) return std::move(st).error();
+    }
+    if (signals::interrupted())
+      return Error(Exit::interrupted, "interrupted while waiting for SSH on " + where);
+    const auto tried_at = Clock::now();
+    if (tried_at >= deadline) break;
+
+    Status st;
+    auto impl = open_once(ep, deadline);
+    if (impl) {
+      Session session(std::move(*impl));
+      st = session.authenticate(ep.user, cred,
+                                std::chrono::ceil<milliseconds>(deadline - Clock::now()));
+      if (st) return session.host_key();
+    } else {
+      st = std::move(impl).error();
+    }
+    // Tempfail and protocol errors are what a booting machine shows; the
+    // rest (a missing key file, a bad host name) no wait can cure.
+    Exit code = st.error().code;
+    if (code != Exit::tempfail && code != Exit::protocol) return std::move(st).error();
+    // A try the deadline cut short says less than the one before it.
+    if (!(code == Exit::tempfail && Clock::now() >= deadline && tries > 0))
+      last = st.error().message;
+    ++tries;
+
+    auto next = std::min(tried_at + kRetryEvery, deadline);
+    auto now = Clock::now();
+    if (now < next && !signals::sleep_for(std::chrono::ceil<milliseconds>(next - now)))
+      return Error(Exit::interrupted, "interrupted while waiting for SSH on " + where);
+  }
+  return Error(Exit::tempfail, "timed out waiting for SSH on " + where + " after " +
+                                   seconds_text(Clock::now() - start) + " (last: " + last + ")");
+}
+
+Result<std::string> generate_ed25519(const std::string& path, const std::string& comment) {
+  if (comment.find_first_of("\r\n") != std::string::npos)
+    return Error(Exit::usage, "a key comment cannot contain a line break");
+
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
+      EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"), EVP_PKEY_free);
+  unsigned char pub[32];
+  size_t pub_len = sizeof pub;
+  SecretString seed;
+  seed.s.assign(32, '\0');
+  size_t seed_len = seed.s.size();
+  uint32_t check = 0;
+  if (!key || EVP_PKEY_get_raw_public_key(key.get(), pub, &pub_len) != 1 || pub_len != 32 ||
+      EVP_PKEY_get_raw_private_key(key.get(), reinterpret_cast<unsigned char*>(seed.s.data()),
+                                   &seed_len) != 1 ||
+      seed_len != 32 || RAND_bytes(reinterpret_cast<unsigned char*>(&check), sizeof check) != 1)
+    return Error(Exit::software, "cannot generate an ed25519 key with libcrypto");
+  const std::string_view pub_view(reinterpret_cast<char*>(pub), pub_len);
+
+  std::string blob;
+  put_string(blob, "ssh-ed25519");
+  put_string(blob, pub_view);
+
+  // PROTOCOL.key in OpenSSH's sources: an unencrypted "openssh-key-v1".
+  SecretString secret;
+  secret.s.reserve(256 + comment.size());
+  put_u32(secret.s, check);
+  put_u32(secret.s, check);
+  put_string(secret.s, "ssh-ed25519");
+  put_string(secret.s, pub_view);
+  put_u32(secret.s, 64);  // the private key is the seed then the public key
+  secret.s.append(seed.s);
+  secret.s.append(pub_view);
+  put_string(secret.s, comment);
+  for (char pad = 1; secret.s.size() % 8 != 0; ++pad) secret.s += pad;
+
+  SecretString whole;
+  whole.s.reserve(128 + blob.size() + secret.s.size());
+  whole.s.append("openssh-key-v1", 15);  // with its terminating NUL
+  put_string(whole.s, "none");           // cipher
+  put_string(whole.s, "none");           // kdf
+  put_string(whole.s, "");               // kdf options
+  put_u32(whole.s, 1);                   // one key
+  put_string(whole.s, blob);
+  put_string(whole.s, secret.s);
+
+  SecretString b64;
+  b64.s = base64(whole.s);
+  SecretString pem;
+  pem.s.reserve(b64.s.size() + b64.s.size() / 70 + 80);
+  pem.s += "-----BEGIN OPENSSH PRIVATE KEY-----\n";
+  for (size_t i = 0; i < b64.s.size(); i += 70) {
+    pem.s.append(b64.s, i, 70);
+    pem.s += '\n';
+  }
+  pem.s += "-----END OPENSSH PRIVATE KEY-----\n";
+
+  std::string line = "ssh-ed25519 " + base64(blob);
+  if (!comment.empty()) line += " " + comment;
+
+  auto priv_file = AtomicFile::create(path, 0600);
+  if (!priv_file) return priv_file.error();
+  auto pub_file = AtomicFile::create(path + ".pub", 0644);
+  if (!pub_file) return pub_file.error();
+  if (auto st = priv_file->write(pem.s); !st) return st.error();
+  if (auto st = pub_file->write(line + "\n"); !st) return st.error();
+  if (auto st = priv_file->commit(); !st) return st.error();
+  if (auto st = pub_file->commit(); !st) return st.error();
+  return line;
+}
+
+}  // namespace kiln::ssh

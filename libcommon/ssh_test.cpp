@@ -1,0 +1,895 @@
+// SPDX-License-Identifier: MIT
+// The SSH communicator against a real OpenSSH sshd that this test starts on
+// a free loopback port (package openssh-server; run as root, as CI does).
+// Password login needs a user with a known password: the test creates the
+// user "kilntest" when missing (useradd), gives it a fresh random password
+// for the run (chpasswd) and locks the password again at the end
+// (usermod -L). Every process the test starts is killed by its destructor
+// and, should the test die, by PR_SET_PDEATHSIG.
+#define BOOST_TEST_MODULE ssh
+#include "ssh.hpp"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <libssh2.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/test/unit_test.hpp>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "atomic_file.hpp"
+#include "process.hpp"
+#include "signals.hpp"
+
+// libssh2 1.10's OpenSSL backend leaks a BIGNUM each time it loads an ECDSA
+// key. LeakSanitizer needs whole stacks (libssh2 is built without frame
+// pointers) to tell that leak apart from ours and suppress it alone.
+extern "C" const char* __asan_default_options() { return "fast_unwind_on_malloc=0"; }
+extern "C" const char* __lsan_default_suppressions() {
+  return "leak:libssh2_userauth_publickey_fromfile_ex\n";
+}
+
+namespace fs = std::filesystem;
+using namespace kiln;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr const char* kTestUser = "kilntest";
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+long long ms_since(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+/// Runs a program to completion; throws when it cannot run or fails.
+std::string run_ok(const std::vector<std::string>& argv,
+                   std::map<std::string, std::string> env = {},
+                   std::optional<std::string> input = std::nullopt) {
+  process::Command c{argv[0], {argv.begin() + 1, argv.end()}, std::move(env), {}, std::move(input)};
+  auto r = process::run(c, 60s);
+  if (!r) throw std::runtime_error(argv[0] + ": " + r.error().message);
+  if (r->exit_code != 0)
+    throw std::runtime_error(argv[0] + " exited " + std::to_string(r->exit_code) + ": " + r->err);
+  return r->out;
+}
+
+/// The first `n` space-separated fields of a line, e.g. "type base64".
+std::string fields(const std::string& line, int n) {
+  std::istringstream in(line);
+  std::string out, w;
+  for (int i = 0; i < n && in >> w; ++i) out += (i ? " " : "") + w;
+  return out;
+}
+
+std::string word(const std::string& line, int i) {
+  std::istringstream in(line);
+  std::string w;
+  for (int k = 0; k <= i; ++k) in >> w;
+  return w;
+}
+
+std::string slurp(const fs::path& p) {
+  auto r = read_file(p);
+  if (!r) throw std::runtime_error(r.error().message);
+  return *r;
+}
+
+// ------------------------------------------------------------ processes
+
+pid_t parent_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto close = stat.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(stat.substr(close + 2));
+  char state = 0;
+  pid_t ppid = -1;
+  rest >> state >> ppid;
+  return ppid;
+}
+
+/// What `pgrep -P pid` prints.
+std::vector<pid_t> children_of(pid_t pid) {
+  std::vector<pid_t> out;
+  struct CloseDir {
+    void operator()(DIR* d) const { ::closedir(d); }
+  };
+  std::unique_ptr<DIR, CloseDir> dir(::opendir("/proc"));
+  while (dirent* e = readdir(dir.get())) {
+    char* end = nullptr;
+    long p = std::strtol(e->d_name, &end, 10);
+    if (*end == '\0' && p > 0 && parent_of(static_cast<pid_t>(p)) == pid)
+      out.push_back(static_cast<pid_t>(p));
+  }
+  return out;
+}
+
+/// `pid` and all its descendants, parents first.
+std::vector<pid_t> tree_of(pid_t pid) {
+  std::vector<pid_t> out{pid};
+  for (size_t i = 0; i < out.size(); ++i)
+    for (pid_t c : children_of(out[i])) out.push_back(c);
+  return out;
+}
+
+bool alive(pid_t pid) {
+  // A zombie has ended; only its parent's wait is missing.
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto close = stat.rfind(')');
+  return close != std::string::npos && stat.size() > close + 2 && stat[close + 2] != 'Z';
+}
+
+/// Waits up to `limit` for `pid` to end; kills it if it did not.
+bool ended_within(pid_t pid, std::chrono::milliseconds limit) {
+  auto until = Clock::now() + limit;
+  while (Clock::now() < until) {
+    if (!alive(pid)) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  ::kill(pid, SIGKILL);
+  return false;
+}
+
+/// A program the test runs in the background; stopped (TERM, then KILL)
+/// and reaped when this goes away, killed by the kernel if the test dies.
+class Child {
+ public:
+  Child(const std::vector<std::string>& argv, const fs::path& log,
+        const std::map<std::string, std::string>& env = {}) {
+    std::vector<std::string> envs;
+    for (char** e = environ; *e; ++e) {
+      std::string kv = *e;
+      if (!env.count(kv.substr(0, kv.find('=')))) envs.push_back(kv);
+    }
+    for (const auto& [k, v] : env) envs.push_back(k + "=" + v);
+    std::vector<char*> args, envp;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    for (auto& e : envs) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    const pid_t parent = ::getpid();
+    pid_ = ::fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
+      if (null >= 0) ::dup2(null, 0);
+      ::execve(args[0], args.data(), envp.data());
+      ::_exit(127);
+    }
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() { stop(); }
+
+  pid_t pid() const { return pid_; }
+  /// True while it runs (reaps it once it has ended).
+  bool running() {
+    if (pid_ <= 0) return false;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      return false;
+    }
+    return true;
+  }
+  void stop() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGTERM);
+    auto until = Clock::now() + 3s;
+    int status = 0;
+    while (::waitpid(pid_, &status, WNOHANG) == 0) {
+      if (Clock::now() > until) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+/// A loopback TCP port nothing listens on (bound, read, released).
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    throw std::runtime_error("cannot find a free port");
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+bool port_accepts(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  ::close(fd);
+  return ok;
+}
+
+std::string random_hex(size_t n) {
+  std::random_device rd;
+  std::string s;
+  for (size_t i = 0; i < n; ++i) s += "0123456789abcdef"[rd() % 16];
+  return s;
+}
+
+/// Sets an environment variable for the life of the object.
+class EnvVar {
+ public:
+  EnvVar(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    ::setenv(name, value.c_str(), 1);
+  }
+  ~EnvVar() {
+    if (old_)
+      ::setenv(name_, old_->c_str(), 1);
+    else
+      ::unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// ------------------------------------------------------------ the server
+
+/// One sshd for the whole module, in its own temporary directory.
+class Sshd {
+ public:
+  Sshd() {
+    char tmpl[] = "/tmp/kiln-ssh-test-XXXXXX";
+    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+    dir_ = tmpl;
+    // sshd reads authorized_keys as the user logging in (kilntest too).
+    fs::permissions(dir_, fs::perms(0755));
+    run_ok({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kiln-test-host", "-f",
+            (dir_ / "host_ed25519").string()});
+    std::ofstream(dir_ / "authorized_keys").flush();
+    fs::permissions(dir_ / "authorized_keys", fs::perms(0644));
+    fs::create_directories("/run/sshd");  // sshd's privilege separation directory
+    if (!::getpwnam(kTestUser))
+      run_ok({"useradd", "--create-home", "--shell", "/bin/sh", kTestUser});
+    password_ = random_hex(24);
+    run_ok({"chpasswd"}, {}, std::string(kTestUser) + ":" + password_ + "\n");
+    for (int attempt = 0; attempt < 5 && !daemon_; ++attempt) {
+      auto started = start(free_port(), "sshd");
+      if (started) daemon_ = std::move(started);
+    }
+    if (!daemon_) throw std::runtime_error("sshd did not start: " + log());
+  }
+
+  ~Sshd() {
+    if (daemon_) {
+      // Sessions a failed test left behind, and what they run.
+      for (pid_t c : children_of(daemon_->pid()))
+        for (pid_t p : tree_of(c)) ::kill(p, SIGKILL);
+    }
+    daemon_.reset();
+    try {
+      run_ok({"usermod", "-L", kTestUser});
+    } catch (const std::exception&) {
+    }
+    // KILN_SSH_TEST_KEEP=1 keeps the directory (configs, sshd's log) to debug.
+    std::error_code ec;
+    if (!std::getenv("KILN_SSH_TEST_KEEP")) fs::remove_all(dir_, ec);
+  }
+
+  /// Writes a config for `port` and starts sshd on it; null when it does
+  /// not listen (the port was taken meanwhile).
+  std::unique_ptr<Child> start(int port, const std::string& name,
+                               std::chrono::milliseconds delay = 0ms,
+                               const std::string& extra_config = "") {
+    fs::path config = dir_ / (name + ".config");
+    std::ofstream(config) << "ListenAddress 127.0.0.1\n"
+                          << "Port " << port << "\n"
+                          << "HostKey " << (dir_ / "host_ed25519").string() << "\n"
+                          << "PidFile " << (dir_ / (name + ".pid")).string() << "\n"
+                          << "AuthorizedKeysFile " << (dir_ / "authorized_keys").string() << "\n"
+                          << "StrictModes no\n"
+                          << "UsePAM no\n"
+                          << "PasswordAuthentication yes\n"
+                          << "KbdInteractiveAuthentication no\n"
+                          << "PermitRootLogin yes\n"
+                          << "Subsystem sftp internal-sftp\n"
+                          // At DEBUG levels sshd also writes to the session's stderr.
+                          << (extra_config.empty() ? "LogLevel VERBOSE\n" : extra_config);
+    std::vector<std::string> argv{"/usr/sbin/sshd", "-D", "-e", "-f", config.string()};
+    if (delay > 0ms) {
+      // The shell execs sshd, so the Child's pid is the server's.
+      std::string d = std::to_string(static_cast<double>(delay.count()) / 1000.0);
+      argv = {"/bin/sh", "-c",
+              "sleep " + d + "; exec /usr/sbin/sshd -D -e -f '" + config.string() + "'"};
+    }
+    auto child = std::make_unique<Child>(argv, dir_ / (name + ".log"));
+    if (delay > 0ms) return child;
+    for (auto until = Clock::now() + 10s; Clock::now() < until;) {
+      if (port_accepts(port)) {
+        if (name == "sshd") port_ = port;
+        return child;
+      }
+      if (!child->running()) return nullptr;
+      std::this_thread::sleep_for(20ms);
+    }
+    return nullptr;
+  }
+
+  const fs::path& dir() const { return dir_; }
+  int port() const { return port_; }
+  pid_t pid() const { return daemon_->pid(); }
+  const std::string& password() const { return password_; }
+  std::string log() const { return slurp(dir_ / "sshd.log"); }
+  std::string host_pub() const { return slurp(dir_ / "host_ed25519.pub"); }
+  ssh::Endpoint as(const std::string& user) const { return {"127.0.0.1", port_, user}; }
+
+  void authorize(const std::string& pub_line) {
+    std::ofstream(dir_ / "authorized_keys", std::ios::app) << pub_line << "\n";
+  }
+
+  /// A new key pair made by ssh-keygen, authorized unless told otherwise.
+  fs::path keygen(const std::string& name, const std::vector<std::string>& opts,
+                  bool authorized = true, const std::string& passphrase = "") {
+    fs::path key = dir_ / name;
+    std::vector<std::string> argv{"ssh-keygen", "-q", "-N", passphrase,
+                                  "-C",         name, "-f", key.string()};
+    argv.insert(argv.begin() + 1, opts.begin(), opts.end());
+    run_ok(argv);
+    if (authorized) authorize(slurp(key.string() + ".pub"));
+    return key;
+  }
+
+ private:
+  fs::path dir_;
+  int port_ = 0;
+  std::string password_;
+  std::unique_ptr<Child> daemon_;
+};
+
+Sshd* g_sshd = nullptr;
+
+struct SshdFixture {
+  SshdFixture() {
+    sshd_ = std::make_unique<Sshd>();
+    g_sshd = sshd_.get();
+  }
+  ~SshdFixture() {
+    g_sshd = nullptr;
+    sshd_.reset();
+  }
+  std::unique_ptr<Sshd> sshd_;
+};
+
+Sshd& sshd() { return *g_sshd; }
+
+/// Connects and logs in as `user`; fails the test otherwise.
+ssh::Session login(const std::string& user, const ssh::Credentials& cred) {
+  auto s = ssh::Session::connect(sshd().as(user), 5s);
+  BOOST_REQUIRE_MESSAGE(s.ok(), (s.ok() ? "" : s.error().message));
+  auto st = s->authenticate(user, cred);
+  BOOST_REQUIRE_MESSAGE(st.ok(), (st.ok() ? "" : st.error().message));
+  return std::move(s).value();
+}
+
+struct Ran {
+  int status = -1;
+  std::string out, err;
+};
+
+Ran run_remote(ssh::Session& s, const std::string& command) {
+  Ran ran;
+  auto r = s.exec(
+      command, [&](std::string_view d) { ran.out += d; }, [&](std::string_view d) { ran.err += d; },
+      30s);
+  BOOST_REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  ran.status = *r;
+  return ran;
+}
+
+ssh::Credentials key_cred(const fs::path& key, const std::string& passphrase = "") {
+  ssh::Credentials c;
+  c.private_key_file = key.string();
+  c.passphrase = passphrase;
+  return c;
+}
+
+/// The key every test that just needs a session logs in with.
+const fs::path& root_key() {
+  static fs::path key = sshd().keygen("root_ed25519", {"-t", "ed25519"});
+  return key;
+}
+
+}  // namespace
+
+BOOST_TEST_GLOBAL_FIXTURE(SshdFixture);
+
+// ------------------------------------------------------------ host keys
+
+BOOST_AUTO_TEST_CASE(host_key_and_fingerprint_match_ssh_keygen) {
+  auto s = ssh::Session::connect(sshd().as("root"), 5s);
+  BOOST_REQUIRE_MESSAGE(s.ok(), (s.ok() ? "" : s.error().message));
+  const std::string pub = sshd().host_pub();
+  std::string keygen = run_ok(
+      {"ssh-keygen", "-l", "-E", "sha256", "-f", (sshd().dir() / "host_ed25519.pub").string()});
+  // "256 SHA256:... kiln-test-host (ED25519)"
+  BOOST_TEST(s->host_key().fingerprint == word(keygen, 1));
+  BOOST_TEST(s->host_key().openssh == fields(pub, 2));
+  BOOST_TEST(s->pin_host_key(pub).ok());
+  BOOST_TEST(s->pin_host_key(s->host_key().fingerprint).ok());
+
+  auto parsed = ssh::parse_public_key(pub);
+  BOOST_REQUIRE(parsed.ok());
+  BOOST_TEST(parsed->fingerprint == s->host_key().fingerprint);
+  auto bad = ssh::parse_public_key("ssh-ed25519 not-base64");
+  BOOST_REQUIRE(!bad.ok());
+  BOOST_TEST(bad.error().code == Exit::dataerr);
+}
+
+BOOST_AUTO_TEST_CASE(pinning_another_host_key_is_refused_with_both_fingerprints) {
+  auto s = ssh::Session::connect(sshd().as("root"), 5s);
+  BOOST_REQUIRE(s.ok());
+  fs::path other = sshd().keygen("other_host", {"-t", "ed25519"}, false);
+  auto other_key = ssh::parse_public_key(slurp(other.string() + ".pub"));
+  BOOST_REQUIRE(other_key.ok());
+  auto st = s->pin_host_key(other_key->openssh);
+  BOOST_REQUIRE(!st.ok());
+  BOOST_TEST(st.error().code == Exit::protocol);
+  BOOST_TEST_MESSAGE(st.error().message);
+  BOOST_TEST(contains(st.error().message, "host key mismatch: expected " + other_key->fingerprint +
+                                              ", got " + s->host_key().fingerprint));
+}
+
+// ------------------------------------------------------------ authentication
+
+BOOST_AUTO_TEST_CASE(generated_ed25519_key_is_read_back_by_ssh_keygen_and_logs_in) {
+  fs::path key = sshd().dir() / "generated";
+  auto line = ssh::generate_ed25519(key.string(), "kiln@test");
+  BOOST_REQUIRE_MESSAGE(line.ok(), (line.ok() ? "" : line.error().message));
+  BOOST_TEST(line->rfind("ssh-ed25519 AAAA", 0) == 0);
+  BOOST_TEST(slurp(key.string() + ".pub") == *line + "\n");
+  BOOST_TEST(slurp(key).rfind("-----BEGIN OPENSSH PRIVATE KEY-----\n", 0) == 0);
+  struct stat st {};
+  BOOST_REQUIRE(::stat(key.c_str(), &st) == 0);
+  BOOST_TEST((st.st_mode & 0777) == 0600u);
+  // ssh-keygen derives the public key from the private one: the format is right.
+  std::string derived = run_ok({"ssh-keygen", "-y", "-f", key.string()});
+  BOOST_TEST(fields(derived, 2) == fields(*line, 2));
+  BOOST_TEST(fields(derived, 3) == *line);  // the comment made it into the private key
+
+  sshd().authorize(*line);
+  auto s = login("root", key_cred(key));
+  auto ran = run_remote(s, "echo hi");
+  BOOST_TEST(ran.status == 0);
+  BOOST_TEST(ran.out == "hi\n");
+
+  BOOST_TEST(ssh::generate_ed25519(key.string(), "two\nlines").error().code == Exit::usage);
+  BOOST_TEST(ssh::generate_ed25519("/nonexistent/dir/key", "").error().code == Exit::cantcreat);
+}
+
+BOOST_AUTO_TEST_CASE(ecdsa_and_pem_keys_from_ssh_keygen_log_in) {
+  const std::vector<std::pair<std::string, std::vector<std::string>>> kinds = {
+      {"ecdsa", {"-t", "ecdsa"}},
+      {"ecdsa384_pem", {"-t", "ecdsa", "-b", "384", "-m", "PEM"}},
+      {"ed25519_b", {"-t", "ed25519"}},
+  };
+  for (const auto& [name, opts] : kinds) {
+    BOOST_TEST_CONTEXT("key " << name) {
+      fs::path key = sshd().keygen("user_" + name, opts);
+      auto s = login("root", key_cred(key));
+      BOOST_TEST(run_remote(s, "true").status == 0);
+    }
+  }
+}
+
+// libssh2 1.10 signs with RSA keys as "ssh-rsa" (SHA-1) only, which OpenSSH
+// 8.8 and later refuse by default: denied with an explanation, accepted by
+// a server that allows ssh-rsa.
+BOOST_AUTO_TEST_CASE(rsa_keys_need_a_server_that_accepts_ssh_rsa_signatures) {
+  fs::path openssh_format = sshd().keygen("user_rsa", {"-t", "rsa", "-b", "3072"});
+  fs::path pem_format = sshd().keygen("user_rsa_pem", {"-t", "rsa", "-b", "2048", "-m", "PEM"});
+  const int port = free_port();
+  auto legacy =
+      sshd().start(port, "legacy", 0ms, "LogLevel VERBOSE\nPubkeyAcceptedAlgorithms +ssh-rsa\n");
+  BOOST_REQUIRE(legacy);
+  for (const fs::path& key : {openssh_format, pem_format}) {
+    BOOST_TEST_CONTEXT("key " << key.filename()) {
+      auto s = ssh::Session::connect({"127.0.0.1", port, "root"}, 5s);
+      BOOST_REQUIRE(s.ok());
+      auto st = s->authenticate("root", key_cred(key));
+      BOOST_REQUIRE_MESSAGE(st.ok(), (st.ok() ? "" : st.error().message));
+      BOOST_TEST(run_remote(*s, "true").status == 0);
+
+#if LIBSSH2_VERSION_NUM < 0x010b00
+      auto s2 = ssh::Session::connect(sshd().as("root"), 5s);
+      BOOST_REQUIRE(s2.ok());
+      auto denied = s2->authenticate("root", key_cred(key));
+      BOOST_REQUIRE(!denied.ok());
+      BOOST_TEST_MESSAGE(denied.error().message);
+      BOOST_TEST(contains(denied.error().message, "ssh-rsa (SHA-1)"));
+#endif
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(encrypted_keys_need_their_passphrase) {
+  const std::string phrase = "correct horse battery";
+  for (auto format : {"RFC4716", "PEM"}) {
+    BOOST_TEST_CONTEXT("format " << format) {
+      std::string type = std::string(format) == "PEM" ? "ecdsa" : "ed25519";
+      fs::path key = sshd().keygen(std::string("encrypted_") + format, {"-t", type, "-m", format},
+                                   true, phrase);
+      auto s = login("root", key_cred(key, phrase));
+      BOOST_TEST(run_remote(s, "true").status == 0);
+
+      for (std::string wrong : {std::string("not the passphrase"), std::string()}) {
+        auto s2 = ssh::Session::connect(sshd().as("root"), 5s);
+        BOOST_REQUIRE(s2.ok());
+        auto st = s2->authenticate("root", key_cred(key, wrong));
+        BOOST_REQUIRE(!st.ok());
+        BOOST_TEST_MESSAGE(st.error().message);
+        BOOST_TEST(st.error().code == Exit::config);
+        BOOST_TEST(contains(st.error().message, key.string()));
+        BOOST_TEST(!contains(st.error().message, "not the passphrase"));
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(password_logs_in_and_a_wrong_one_is_denied) {
+  ssh::Credentials cred;
+  cred.password = sshd().password();
+  auto s = login(kTestUser, cred);
+  auto ran = run_remote(s, "id -un");
+  BOOST_TEST(ran.out == std::string(kTestUser) + "\n");
+
+  cred.password = "wrong-" + sshd().password();
+  auto s2 = ssh::Session::connect(sshd().as(kTestUser), 5s);
+  BOOST_REQUIRE(s2.ok());
+  auto st = s2->authenticate(kTestUser, cred);
+  BOOST_REQUIRE(!st.ok());
+  BOOST_TEST_MESSAGE(st.error().message);
+  BOOST_TEST(st.error().code == Exit::protocol);
+  BOOST_TEST(contains(st.error().message, "permission denied for user kilntest"));
+  BOOST_TEST(contains(st.error().message, "tried: password"));
+  BOOST_TEST(!contains(st.error().message, sshd().password()));
+}
+
+BOOST_AUTO_TEST_CASE(agent_keys_log_in) {
+  fs::path key = sshd().keygen("agent_ed25519", {"-t", "ed25519"});
+  fs::path sock = sshd().dir() / "agent.sock";
+  Child agent({"/usr/bin/ssh-agent", "-D", "-a", sock.string()}, sshd().dir() / "agent.log");
+  for (auto until = Clock::now() + 5s; !fs::exists(sock) && Clock::now() < until;)
+    std::this_thread::sleep_for(10ms);
+  run_ok({"ssh-add", key.string()}, {{"SSH_AUTH_SOCK", sock.string()}});
+
+  EnvVar env("SSH_AUTH_SOCK", sock.string());
+  ssh::Credentials cred;
+  cred.agent = true;
+  auto s = login("root", cred);
+  BOOST_TEST(run_remote(s, "echo agent").out == "agent\n");
+
+  // An agent without keys: denied, and the message says why.
+  run_ok({"ssh-add", "-D"}, {{"SSH_AUTH_SOCK", sock.string()}});
+  auto s2 = ssh::Session::connect(sshd().as("root"), 5s);
+  BOOST_REQUIRE(s2.ok());
+  auto st = s2->authenticate("root", cred);
+  BOOST_REQUIRE(!st.ok());
+  BOOST_TEST_MESSAGE(st.error().message);
+  BOOST_TEST(contains(st.error().message, "agent (it holds no keys)"));
+}
+
+BOOST_AUTO_TEST_CASE(a_wrong_key_is_denied_with_a_clear_message) {
+  fs::path key = sshd().keygen("stranger", {"-t", "ed25519"}, false);
+  auto s = ssh::Session::connect(sshd().as("root"), 5s);
+  BOOST_REQUIRE(s.ok());
+  auto st = s->authenticate("root", key_cred(key));
+  BOOST_REQUIRE(!st.ok());
+  BOOST_TEST_MESSAGE(st.error().message);
+  BOOST_TEST(st.error().code == Exit::protocol);
+  BOOST_TEST(contains(st.error().message, "permission denied for user root"));
+  BOOST_TEST(contains(st.error().message, "tried: publickey with " + key.string()));
+  BOOST_TEST(contains(st.error().message, "server accepts: publickey,password"));
+
+  auto missing = s->authenticate("root", key_cred(sshd().dir() / "no-such-key"));
+  BOOST_REQUIRE(!missing.ok());
+  BOOST_TEST(missing.error().code == Exit::noinput);
+}
+
+// ------------------------------------------------------------ exec
+
+BOOST_AUTO_TEST_CASE(exec_streams_both_outputs_and_returns_the_exit_status) {
+  auto s = login("root", key_cred(root_key()));
+  auto ran = run_remote(s, "echo out; echo err >&2; exit 3");
+  BOOST_TEST(ran.status == 3);
+  BOOST_TEST(ran.out == "out\n");
+  BOOST_TEST(ran.err == "err\n");
+  // The session runs several commands, one after the other.
+  BOOST_TEST(run_remote(s, "kill -TERM $$").status == 128 + SIGTERM);
+  BOOST_TEST(run_remote(s, "exit 0").status == 0);
+}
+
+BOOST_AUTO_TEST_CASE(ten_megabytes_of_output_stream_through) {
+  auto s = login("root", key_cred(root_key()));
+  std::string expected_out, expected_err;
+  for (int i = 1; i <= 1500000; ++i) expected_out += std::to_string(i) + "\n";
+  for (int i = 1; i <= 100000; ++i) expected_err += std::to_string(i) + "\n";
+  std::string out, err;
+  int chunks = 0;
+  auto start = Clock::now();
+  auto r = s.exec(
+      "seq 1 1500000 & seq 1 100000 >&2; wait",
+      [&](std::string_view d) {
+        out += d;
+        ++chunks;
+      },
+      [&](std::string_view d) { err += d; }, 60s);
+  BOOST_REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+  BOOST_TEST_MESSAGE("10 MB in " << ms_since(start) << " ms, " << chunks << " chunks");
+  BOOST_TEST(*r == 0);
+  BOOST_TEST(out.size() == expected_out.size());
+  BOOST_TEST((out == expected_out));
+  BOOST_TEST((err == expected_err));
+  BOOST_TEST(chunks > 10);
+}
+
+BOOST_AUTO_TEST_CASE(exec_times_out_and_the_command_ends) {
+  auto s = login("root", key_cred(root_key()));
+  fs::path pidfile = sshd().dir() / "timeout.pid";
+  auto start = Clock::now();
+  int ticks = 0;
+  auto r = s.exec(
+      "echo $$ > " + pidfile.string() + "; while :; do echo tick; sleep 0.1; done",
+      [&](std::string_view) { ++ticks; }, nullptr, 1000ms);
+  auto took = ms_since(start);
+  BOOST_REQUIRE(!r.ok());
+  BOOST_TEST_MESSAGE(r.error().message << " (" << took << " ms)");
+  BOOST_TEST(r.error().code == Exit::tempfail);
+  BOOST_TEST(took >= 1000);
+  BOOST_TEST(took < 1800);
+  BOOST_REQUIRE(ticks > 0);  // it ran (and wrote its pid first)
+  // Closing the channel closed its output: the next echo ends the loop.
+  pid_t remote = std::stoi(slurp(pidfile));
+  BOOST_TEST(ended_within(remote, 3s), "the remote command ended");
+  // The session still runs commands after an abandoned one.
+  BOOST_TEST(run_remote(s, "echo still").out == "still\n");
+}
+
+BOOST_AUTO_TEST_CASE(exec_timeout_does_not_wait_for_a_silent_command) {
+  auto s = login("root", key_cred(root_key()));
+  fs::path pidfile = sshd().dir() / "silent.pid";
+  auto start = Clock::now();
+  bool started = false;
+  auto r = s.exec(
+      "echo $$ > " + pidfile.string() + "; echo started; exec sleep 30",
+      [&](std::string_view) { started = true; }, nullptr, 1000ms);
+  auto took = ms_since(start);
+  BOOST_REQUIRE(!r.ok());
+  BOOST_TEST(r.error().code == Exit::tempfail);
+  BOOST_TEST(took < 1800);
+  BOOST_REQUIRE(started);
+  pid_t remote = std::stoi(slurp(pidfile));
+#if LIBSSH2_VERSION_NUM >= 0x010b00
+  BOOST_TEST(ended_within(remote, 3s), "the remote command got TERM");
+#else
+  ::kill(remote, SIGKILL);  // libssh2 1.10 cannot signal it; the test cleans up
+#endif
+  BOOST_TEST(run_remote(s, "echo still").out == "still\n");
+}
+
+BOOST_AUTO_TEST_CASE(keepalives_are_sent_while_a_command_runs) {
+  // sshd logs the keepalive requests only at DEBUG level: a server of its own.
+  const int port = free_port();
+  auto debug = sshd().start(port, "debug", 0ms, "LogLevel DEBUG1\n");
+  BOOST_REQUIRE(debug);
+  {
+    auto s = ssh::Session::connect({"127.0.0.1", port, "root"}, 5s);
+    BOOST_REQUIRE(s.ok());
+    BOOST_REQUIRE(s->authenticate("root", key_cred(root_key())).ok());
+    s->keepalive(1);
+    std::string out;
+    auto r = s->exec(
+        "sleep 2.5; echo done", [&](std::string_view d) { out += d; }, nullptr, 10s);
+    BOOST_REQUIRE(r.ok());
+    BOOST_TEST(out == "done\n");
+  }
+  BOOST_TEST(contains(slurp(sshd().dir() / "debug.log"), "keepalive@libssh2.org"));
+}
+
+BOOST_AUTO_TEST_CASE(killing_the_server_mid_command_is_a_lost_connection) {
+  auto s = login("root", key_cred(root_key()));
+  std::string out;
+  std::vector<pid_t> killed;
+  auto start = Clock::now();
+  auto r = s.exec(
+      "echo $$; sleep 30",
+      [&](std::string_view d) {
+        out += d;
+        if (!killed.empty() || out.find('\n') == std::string::npos) return;
+        // Up from the remote shell to the listener's child that serves
+        // this connection (what `pgrep -P <listener>` finds), then that
+        // process and everything under it.
+        pid_t p = std::stoi(out);
+        while (p > 1 && parent_of(p) != sshd().pid()) p = parent_of(p);
+        BOOST_REQUIRE(p > 1);
+        auto listed = children_of(sshd().pid());
+        BOOST_TEST((std::find(listed.begin(), listed.end(), p) != listed.end()));
+        killed = tree_of(p);
+        for (pid_t k : killed) ::kill(k, SIGKILL);
+      },
+      nullptr, 20s);
+  BOOST_REQUIRE(!killed.empty());
+  BOOST_REQUIRE(!r.ok());
+  BOOST_TEST_MESSAGE(r.error().message << " (" << ms_since(start) << " ms)");
+  BOOST_TEST(r.error().code == Exit::protocol);
+  BOOST_TEST(contains(r.error().message, "connection lost"));
+  BOOST_TEST(ms_since(start) < 5000);
+}
+
+// ------------------------------------------------------------ reaching a server
+
+BOOST_AUTO_TEST_CASE(nothing_listening_is_tempfail_at_the_deadline) {
+  const int port = free_port();
+  const ssh::Endpoint ep{"127.0.0.1", port, "root"};
+  auto start = Clock::now();
+  auto s = ssh::Session::connect(ep, 1000ms);
+  auto took = ms_since(start);
+  BOOST_REQUIRE(!s.ok());
+  BOOST_TEST_MESSAGE(s.error().message << " (" << took << " ms)");
+  BOOST_TEST(s.error().code == Exit::tempfail);
+  BOOST_TEST(contains(s.error().message, "connection refused"));
+  BOOST_TEST(took >= 1000);
+  BOOST_TEST(took < 1400);
+
+  int polls = 0;
+  start = Clock::now();
+  auto ready = ssh::wait_until_ready(ep, key_cred(root_key()), start + 1200ms, [&]() -> Status {
+    ++polls;
+    return {};
+  });
+  took = ms_since(start);
+  BOOST_REQUIRE(!ready.ok());
+  BOOST_TEST_MESSAGE(ready.error().message << " (" << took << " ms, " << polls << " tries)");
+  BOOST_TEST(ready.error().code == Exit::tempfail);
+  BOOST_TEST(contains(ready.error().message, "connection refused"));
+  BOOST_TEST(took >= 1200);
+  BOOST_TEST(took < 1600);
+  BOOST_TEST(polls >= 4);  // every ~200 ms
+  BOOST_TEST(polls <= 13);
+}
+
+BOOST_AUTO_TEST_CASE(wait_until_ready_waits_for_a_server_that_starts_late) {
+  const int port = free_port();
+  auto late = sshd().start(port, "late", 800ms);
+  auto start = Clock::now();
+  auto ready = ssh::wait_until_ready({"127.0.0.1", port, "root"}, key_cred(root_key()), start + 15s,
+                                     [] { return Status(); });
+  auto took = ms_since(start);
+  BOOST_REQUIRE_MESSAGE(ready.ok(), (ready.ok() ? "" : ready.error().message));
+  BOOST_TEST_MESSAGE("ready after " << took << " ms");
+  BOOST_TEST(ready->fingerprint == ssh::parse_public_key(sshd().host_pub())->fingerprint);
+  BOOST_TEST(took >= 800);
+  BOOST_TEST(took < 5000);
+}
+
+BOOST_AUTO_TEST_CASE(wait_until_ready_keeps_trying_a_denied_login_and_stops_when_told) {
+  fs::path stranger = sshd().keygen("stranger2", {"-t", "ed25519"}, false);
+  int polls = 0;
+  auto start = Clock::now();
+  auto ready =
+      ssh::wait_until_ready(sshd().as("root"), key_cred(stranger), start + 30s, [&]() -> Status {
+        if (++polls < 3) return {};
+        return Error(Exit::unavailable, "the machine stopped");
+      });
+  BOOST_REQUIRE(!ready.ok());
+  BOOST_TEST(ready.error().code == Exit::unavailable);
+  BOOST_TEST(ready.error().message == "the machine stopped");
+  BOOST_TEST(ms_since(start) < 5000);
+
+  start = Clock::now();
+  auto denied =
+      ssh::wait_until_ready(sshd().as("root"), key_cred(stranger), start + 800ms, nullptr);
+  BOOST_REQUIRE(!denied.ok());
+  BOOST_TEST_MESSAGE(denied.error().message);
+  BOOST_TEST(denied.error().code == Exit::tempfail);
+  BOOST_TEST(contains(denied.error().message, "permission denied"));
+
+  // A key file that is not there will not appear by waiting.
+  auto missing = ssh::wait_until_ready(sshd().as("root"), key_cred(sshd().dir() / "nope"),
+                                       Clock::now() + 30s, nullptr);
+  BOOST_REQUIRE(!missing.ok());
+  BOOST_TEST(missing.error().code == Exit::noinput);
+}
+
+BOOST_AUTO_TEST_CASE(a_server_that_does_not_speak_ssh_is_a_protocol_error) {
+  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  BOOST_REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  BOOST_REQUIRE(::listen(listener, 4) == 0);
+  BOOST_REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  std::thread http([listener] {
+    int c = ::accept(listener, nullptr, nullptr);
+    if (c < 0) return;
+    const char reply[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+    (void)!::write(c, reply, sizeof reply - 1);
+    char buf[256];
+    while (::read(c, buf, sizeof buf) > 0) {
+    }
+    ::close(c);
+  });
+  auto s = ssh::Session::connect({"127.0.0.1", ntohs(a.sin_port), "root"}, 3s);
+  ::shutdown(listener, SHUT_RDWR);  // ends an accept() that got no client
+  http.join();
+  ::close(listener);
+  BOOST_REQUIRE(!s.ok());
+  BOOST_TEST_MESSAGE(s.error().message);
+  BOOST_TEST(s.error().code == Exit::protocol);
+  BOOST_TEST(contains(s.error().message, "not an SSH server"));
+}
+
+// Last: the interrupted flag cannot be reset, so every later test would see it.
+BOOST_AUTO_TEST_CASE(an_interrupt_ends_exec_and_the_command) {
+  auto s = login("root", key_cred(root_key()));
+  signals::InterruptGuard guard;
+  fs::path pidfile = sshd().dir() / "interrupt.pid";
+  auto start = Clock::now();
+  auto r = s.exec(
+      "echo $$ > " + pidfile.string() + "; echo go; while :; do echo tick; sleep 0.1; done",
+      [&](std::string_view d) {
+        if (contains(std::string(d), "go")) signals::raise_for_test(SIGINT);
+      },
+      nullptr, 20s);
+  BOOST_REQUIRE(!r.ok());
+  BOOST_TEST_MESSAGE(r.error().message << " (" << ms_since(start) << " ms)");
+  BOOST_TEST(r.error().code == Exit::interrupted);
+  BOOST_TEST(ms_since(start) < 3000);
+  pid_t remote = std::stoi(slurp(pidfile));
+  BOOST_TEST(ended_within(remote, 3s), "the remote command ended");
+
+  auto w =
+      ssh::wait_until_ready(sshd().as("root"), key_cred(root_key()), Clock::now() + 5s, nullptr);
+  BOOST_REQUIRE(!w.ok());
+  BOOST_TEST(w.error().code == Exit::interrupted);
+}
