@@ -29,19 +29,45 @@ struct Special {
   std::string_view qcode;
 };
 constexpr std::array<Special, 39> kSpecials{{
-    {"bs", "backspace"},     {"del", "delete"},      {"enter", "ret"},
-    {"esc", "esc"},          {"f10", "f10"},         {"f11", "f11"},
-    {"f12", "f12"},          {"f1", "f1"},           {"f2", "f2"},
-    {"f3", "f3"},            {"f4", "f4"},           {"f5", "f5"},
-    {"f6", "f6"},            {"f7", "f7"},           {"f8", "f8"},
-    {"f9", "f9"},            {"return", "ret"},      {"tab", "tab"},
-    {"up", "up"},            {"down", "down"},       {"spacebar", "spc"},
-    {"insert", "insert"},    {"home", "home"},       {"end", "end"},
-    {"pageup", "pgup"},      {"pagedown", "pgdn"},   {"leftalt", "alt"},
-    {"leftctrl", "ctrl"},    {"leftmeta", "meta_l"}, {"leftshift", "shift"},
-    {"rightalt", "alt_r"},   {"rightctrl", "ctrl_r"}, {"rightmeta", "meta_r"},
-    {"rightshift", "shift_r"}, {"leftsuper", "meta_l"}, {"rightsuper", "meta_r"},
-    {"left", "left"},        {"right", "right"},     {"menu", "compose"},
+    {"bs", "backspace"},
+    {"del", "delete"},
+    {"enter", "ret"},
+    {"esc", "esc"},
+    {"f10", "f10"},
+    {"f11", "f11"},
+    {"f12", "f12"},
+    {"f1", "f1"},
+    {"f2", "f2"},
+    {"f3", "f3"},
+    {"f4", "f4"},
+    {"f5", "f5"},
+    {"f6", "f6"},
+    {"f7", "f7"},
+    {"f8", "f8"},
+    {"f9", "f9"},
+    {"return", "ret"},
+    {"tab", "tab"},
+    {"up", "up"},
+    {"down", "down"},
+    {"spacebar", "spc"},
+    {"insert", "insert"},
+    {"home", "home"},
+    {"end", "end"},
+    {"pageup", "pgup"},
+    {"pagedown", "pgdn"},
+    {"leftalt", "alt"},
+    {"leftctrl", "ctrl"},
+    {"leftmeta", "meta_l"},
+    {"leftshift", "shift"},
+    {"rightalt", "alt_r"},
+    {"rightctrl", "ctrl_r"},
+    {"rightmeta", "meta_r"},
+    {"rightshift", "shift_r"},
+    {"leftsuper", "meta_l"},
+    {"rightsuper", "meta_r"},
+    {"left", "left"},
+    {"right", "right"},
+    {"menu", "compose"},
 }};
 
 // The unshifted US-layout key of each printable ASCII symbol, and the symbol
@@ -52,13 +78,27 @@ struct Symbol {
   std::string_view qcode;
 };
 constexpr std::array<Symbol, 21> kSymbols{{
-    {'1', '!', "1"},           {'2', '@', "2"},          {'3', '#', "3"},
-    {'4', '$', "4"},           {'5', '%', "5"},          {'6', '^', "6"},
-    {'7', '&', "7"},           {'8', '*', "8"},          {'9', '(', "9"},
-    {'0', ')', "0"},           {'-', '_', "minus"},      {'=', '+', "equal"},
-    {'[', '{', "bracket_left"}, {']', '}', "bracket_right"}, {'\\', '|', "backslash"},
-    {';', ':', "semicolon"},   {'\'', '"', "apostrophe"}, {'`', '~', "grave_accent"},
-    {',', '<', "comma"},       {'.', '>', "dot"},        {'/', '?', "slash"},
+    {'1', '!', "1"},
+    {'2', '@', "2"},
+    {'3', '#', "3"},
+    {'4', '$', "4"},
+    {'5', '%', "5"},
+    {'6', '^', "6"},
+    {'7', '&', "7"},
+    {'8', '*', "8"},
+    {'9', '(', "9"},
+    {'0', ')', "0"},
+    {'-', '_', "minus"},
+    {'=', '+', "equal"},
+    {'[', '{', "bracket_left"},
+    {']', '}', "bracket_right"},
+    {'\\', '|', "backslash"},
+    {';', ':', "semicolon"},
+    {'\'', '"', "apostrophe"},
+    {'`', '~', "grave_accent"},
+    {',', '<', "comma"},
+    {'.', '>', "dot"},
+    {'/', '?', "slash"},
 }};
 
 /// The keys that type `c` on a US keyboard ({"shift", "a"} for 'A').
@@ -227,8 +267,7 @@ class Parser {
       if (!gotime::parse_duration(text, seconds)) {
         next_i = duration_end + 1;
         return Result<Token>(Error(Exit::dataerr, "invalid duration \"" + std::string(text) +
-                                                      "\" in \"<wait" + std::string(text) +
-                                                      ">\""));
+                                                      "\" in \"<wait" + std::string(text) + ">\""));
       }
       return make(std::chrono::nanoseconds(std::llround(seconds * 1e9)), duration_end);
     }
@@ -239,8 +278,8 @@ class Parser {
       // A Go duration holds at most 2^63-1 ns, about 9223372036 s.
       if (digits.size() > 10 || std::stoull(std::string(digits)) > 9223372036ULL) {
         next_i = n + 1;
-        return Result<Token>(Error(Exit::dataerr, "wait of " + std::string(digits) +
-                                                      " seconds is too long"));
+        return Result<Token>(
+            Error(Exit::dataerr, "wait of " + std::string(digits) + " seconds is too long"));
       }
       return make(std::chrono::seconds(std::stoll(std::string(digits))), n);
     }
@@ -393,9 +432,11 @@ Status type(Qmp& qmp, const std::vector<Step>& steps, std::chrono::milliseconds 
   auto pause = [&](std::chrono::nanoseconds d) -> Status {
     auto end = std::chrono::steady_clock::now() + d;
     for (;;) {
-      auto left = std::chrono::ceil<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
       if (left <= 0ms) return {};
-      if (!signals::sleep_for(std::min<std::chrono::milliseconds>(left, 200ms))) return interrupted();
+      if (!signals::sleep_for(std::min<std::chrono::milliseconds>(left, 200ms)))
+        return interrupted();
       if (left > 200ms && should_stop) {
         if (auto st = should_stop(); !st) return st;
       }

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE boot_command
-#include <boost/test/unit_test.hpp>
+#include "boot_command.hpp"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -9,6 +9,7 @@
 
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
+#include <boost/test/unit_test.hpp>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -17,7 +18,6 @@
 #include <sstream>
 #include <thread>
 
-#include "boot_command.hpp"
 #include "qmp.hpp"
 #include "signals.hpp"
 
@@ -53,22 +53,98 @@ std::string show(const std::vector<Step>& steps) {
   return s;
 }
 
-#define CHECK_STEPS(actual, ...)                                                  \
-  do {                                                                            \
-    std::vector<Step> expected_{__VA_ARGS__};                                     \
-    auto actual_ = (actual);                                                      \
+#define CHECK_STEPS(actual, ...)                                                   \
+  do {                                                                             \
+    std::vector<Step> expected_{__VA_ARGS__};                                      \
+    auto actual_ = (actual);                                                       \
     BOOST_TEST((actual_ == expected_), show(actual_) << "!= " << show(expected_)); \
   } while (0)
 
 // Every qcode that the parser may produce, from qemu's QKeyCode list.
-const std::set<std::string> kKnownQcodes = {
-    "shift", "shift_r", "alt", "alt_r", "ctrl", "ctrl_r", "menu", "esc", "1", "2", "3", "4", "5",
-    "6", "7", "8", "9", "0", "minus", "equal", "backspace", "tab", "q", "w", "e", "r", "t", "y",
-    "u", "i", "o", "p", "bracket_left", "bracket_right", "ret", "a", "s", "d", "f", "g", "h", "j",
-    "k", "l", "semicolon", "apostrophe", "grave_accent", "backslash", "z", "x", "c", "v", "b",
-    "n", "m", "comma", "dot", "slash", "spc", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8",
-    "f9", "f10", "f11", "f12", "home", "pgup", "pgdn", "end", "left", "up", "down", "right",
-    "insert", "delete", "meta_l", "meta_r", "compose"};
+const std::set<std::string> kKnownQcodes = {"shift",
+                                            "shift_r",
+                                            "alt",
+                                            "alt_r",
+                                            "ctrl",
+                                            "ctrl_r",
+                                            "menu",
+                                            "esc",
+                                            "1",
+                                            "2",
+                                            "3",
+                                            "4",
+                                            "5",
+                                            "6",
+                                            "7",
+                                            "8",
+                                            "9",
+                                            "0",
+                                            "minus",
+                                            "equal",
+                                            "backspace",
+                                            "tab",
+                                            "q",
+                                            "w",
+                                            "e",
+                                            "r",
+                                            "t",
+                                            "y",
+                                            "u",
+                                            "i",
+                                            "o",
+                                            "p",
+                                            "bracket_left",
+                                            "bracket_right",
+                                            "ret",
+                                            "a",
+                                            "s",
+                                            "d",
+                                            "f",
+                                            "g",
+                                            "h",
+                                            "j",
+                                            "k",
+                                            "l",
+                                            "semicolon",
+                                            "apostrophe",
+                                            "grave_accent",
+                                            "backslash",
+                                            "z",
+                                            "x",
+                                            "c",
+                                            "v",
+                                            "b",
+                                            "n",
+                                            "m",
+                                            "comma",
+                                            "dot",
+                                            "slash",
+                                            "spc",
+                                            "f1",
+                                            "f2",
+                                            "f3",
+                                            "f4",
+                                            "f5",
+                                            "f6",
+                                            "f7",
+                                            "f8",
+                                            "f9",
+                                            "f10",
+                                            "f11",
+                                            "f12",
+                                            "home",
+                                            "pgup",
+                                            "pgdn",
+                                            "end",
+                                            "left",
+                                            "up",
+                                            "down",
+                                            "right",
+                                            "insert",
+                                            "delete",
+                                            "meta_l",
+                                            "meta_r",
+                                            "compose"};
 
 }  // namespace
 
@@ -115,15 +191,33 @@ BOOST_AUTO_TEST_CASE(every_printable_ascii_character_has_keys) {
 
 BOOST_AUTO_TEST_CASE(special_keys) {
   const std::vector<std::pair<std::string, std::string>> table = {
-      {"bs", "backspace"},    {"del", "delete"},        {"enter", "ret"},
-      {"return", "ret"},      {"esc", "esc"},           {"tab", "tab"},
-      {"up", "up"},           {"down", "down"},         {"left", "left"},
-      {"right", "right"},     {"spacebar", "spc"},      {"insert", "insert"},
-      {"home", "home"},       {"end", "end"},           {"pageUp", "pgup"},
-      {"pageDown", "pgdn"},   {"menu", "compose"},      {"leftAlt", "alt"},
-      {"leftCtrl", "ctrl"},   {"leftShift", "shift"},   {"leftSuper", "meta_l"},
-      {"rightAlt", "alt_r"},  {"rightCtrl", "ctrl_r"},  {"rightShift", "shift_r"},
-      {"rightSuper", "meta_r"}, {"leftMeta", "meta_l"}, {"rightMeta", "meta_r"},
+      {"bs", "backspace"},
+      {"del", "delete"},
+      {"enter", "ret"},
+      {"return", "ret"},
+      {"esc", "esc"},
+      {"tab", "tab"},
+      {"up", "up"},
+      {"down", "down"},
+      {"left", "left"},
+      {"right", "right"},
+      {"spacebar", "spc"},
+      {"insert", "insert"},
+      {"home", "home"},
+      {"end", "end"},
+      {"pageUp", "pgup"},
+      {"pageDown", "pgdn"},
+      {"menu", "compose"},
+      {"leftAlt", "alt"},
+      {"leftCtrl", "ctrl"},
+      {"leftShift", "shift"},
+      {"leftSuper", "meta_l"},
+      {"rightAlt", "alt_r"},
+      {"rightCtrl", "ctrl_r"},
+      {"rightShift", "shift_r"},
+      {"rightSuper", "meta_r"},
+      {"leftMeta", "meta_l"},
+      {"rightMeta", "meta_r"},
   };
   for (const auto& [name, qcode] : table) {
     CHECK_STEPS(ok("<" + name + ">"), press({qcode}));
@@ -244,13 +338,13 @@ class Qemu {
     dir = tmpl;
     socket = (dir / "qmp.sock").string();
     serial = (dir / "serial.log").string();
-    args.insert(args.end(), {"-accel", "tcg", "-display", "none", "-nodefaults",
-                             "-no-user-config", "-qmp", "unix:" + socket + ",server=on,wait=off",
-                             "-serial", "file:" + serial});
-    child_ = bp::child(bp::search_path("qemu-system-x86_64"), bp::args(args),
-                       bp::std_in<bp::null, bp::std_out> bp::null,
-                       bp::std_err > (dir / "qemu.err").string(),
-                       bp::extend::on_exec_setup = [](auto&) { ::prctl(PR_SET_PDEATHSIG, SIGKILL); });
+    args.insert(args.end(),
+                {"-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config", "-qmp",
+                 "unix:" + socket + ",server=on,wait=off", "-serial", "file:" + serial});
+    child_ = bp::child(
+        bp::search_path("qemu-system-x86_64"), bp::args(args),
+        bp::std_in<bp::null, bp::std_out> bp::null, bp::std_err > (dir / "qemu.err").string(),
+        bp::extend::on_exec_setup = [](auto&) { ::prctl(PR_SET_PDEATHSIG, SIGKILL); });
   }
   ~Qemu() {
     std::error_code ec;
@@ -356,7 +450,8 @@ BOOST_AUTO_TEST_CASE(type_into_a_real_guest) {
           "-append", "root=/dev/vda2 console=ttyS0 kiln.mode=echo"});
   Qmp qmp = q.qmp();
   BOOST_REQUIRE_MESSAGE(q.serial_shows("KILN-GUEST-READY", 120s),
-                        "the guest did not come up; serial log:\n" << q.serial_text());
+                        "the guest did not come up; serial log:\n"
+                            << q.serial_text());
   // The console on tty1 starts just after; knock until it answers.
   bool answered = false;
   for (int i = 0; i < 20 && !answered; ++i) {
@@ -368,16 +463,15 @@ BOOST_AUTO_TEST_CASE(type_into_a_real_guest) {
   // Every printable character, shifted and not; <bs> and ctrl+u edit the
   // line as a terminal does; entries are one text.
   const std::string all = "Hello, World! a-b_c=+[]{}\\|;:'\",./?`~!@#$%^&*()<>0123456789 END";
-  auto steps = ok(std::vector<std::string>{
-      "garbage<leftCtrlOn>u<leftCtrlOff>", all, "xy<bs><bs><wai", "t500ms><enter>"});
+  auto steps = ok(std::vector<std::string>{"garbage<leftCtrlOn>u<leftCtrlOff>", all,
+                                           "xy<bs><bs><wai", "t500ms><enter>"});
   auto st = type(qmp, steps, 10ms, keep_going);
   BOOST_REQUIRE_MESSAGE(st.ok(), (st.ok() ? "" : st.error().message));
-  BOOST_TEST_REQUIRE(q.serial_shows("KILN-ECHO: " + all + "\r\n", 20s),
-                     "serial log:\n" << q.serial_text());
+  BOOST_TEST_REQUIRE(q.serial_shows("KILN-ECHO: " + all + "\r\n", 20s), "serial log:\n"
+                                                                            << q.serial_text());
   // The shifted special keys: <leftShiftOn> makes capitals.
-  BOOST_REQUIRE(type(qmp, ok("<leftShiftOn>shout<leftShiftOff> quietly<return>"), 10ms,
-                     keep_going)
-                    .ok());
+  BOOST_REQUIRE(
+      type(qmp, ok("<leftShiftOn>shout<leftShiftOff> quietly<return>"), 10ms, keep_going).ok());
   BOOST_TEST(q.serial_shows("KILN-ECHO: SHOUT quietly\r\n", 20s), q.serial_text());
 }
 

@@ -79,7 +79,8 @@ bool iequals(std::string_view a, std::string_view b) {
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -143,12 +144,23 @@ std::string html_escape(std::string_view s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -179,28 +191,45 @@ std::string join_segments(const std::vector<std::string>& segs) {
 
 const char* reason_phrase(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 301: return "Moved Permanently";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 200:
+      return "OK";
+    case 301:
+      return "Moved Permanently";
+    case 400:
+      return "Bad Request";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "Unknown";
   }
 }
 
 std::string content_type(std::string_view name, std::string_view first_bytes) {
   static const std::pair<const char*, const char*> kTypes[] = {
-      {".html", "text/html; charset=utf-8"}, {".htm", "text/html; charset=utf-8"},
-      {".css", "text/css; charset=utf-8"},   {".js", "text/javascript; charset=utf-8"},
-      {".json", "application/json"},         {".xml", "text/xml; charset=utf-8"},
-      {".txt", "text/plain; charset=utf-8"}, {".iso", "application/octet-stream"},
-      {".gz", "application/gzip"},           {".tar", "application/x-tar"},
-      {".zip", "application/zip"},           {".xz", "application/x-xz"},
-      {".png", "image/png"},                 {".svg", "image/svg+xml"}};
+      {".html", "text/html; charset=utf-8"},
+      {".htm", "text/html; charset=utf-8"},
+      {".css", "text/css; charset=utf-8"},
+      {".js", "text/javascript; charset=utf-8"},
+      {".json", "application/json"},
+      {".xml", "text/xml; charset=utf-8"},
+      {".txt", "text/plain; charset=utf-8"},
+      {".iso", "application/octet-stream"},
+      {".gz", "application/gzip"},
+      {".tar", "application/x-tar"},
+      {".zip", "application/zip"},
+      {".xz", "application/x-xz"},
+      {".png", "image/png"},
+      {".svg", "image/svg+xml"}};
   for (const auto& [ext, type] : kTypes) {
     std::string_view e = ext;
     if (name.size() >= e.size() && iequals(name.substr(name.size() - e.size()), e)) return type;
@@ -312,8 +341,8 @@ class Loop {
 
   bool on_writable(Connection& c) {
     while (c.out_off < c.out.size()) {
-      ssize_t n = ::send(c.fd.get(), c.out.data() + c.out_off, c.out.size() - c.out_off,
-                         MSG_NOSIGNAL);
+      ssize_t n =
+          ::send(c.fd.get(), c.out.data() + c.out_off, c.out.size() - c.out_off, MSG_NOSIGNAL);
       if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
       c.out_off += static_cast<size_t>(n);
     }
@@ -477,8 +506,8 @@ class Loop {
     ssize_t got = ::pread(fd.get(), sniff, sizeof sniff, 0);
     std::string_view first(sniff, got > 0 ? static_cast<size_t>(got) : 0);
     head(c, 200,
-         "Content-Type: " + content_type(name, first) + "\r\nLast-Modified: " +
-             http_date(st.st_mtime) + "\r\nAccept-Ranges: none\r\n",
+         "Content-Type: " + content_type(name, first) +
+             "\r\nLast-Modified: " + http_date(st.st_mtime) + "\r\nAccept-Ranges: none\r\n",
          st.st_size);
     c.log_line += " 200 " + std::to_string(st.st_size);
     if (head_only || st.st_size == 0) return;
@@ -522,7 +551,8 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(HttpServerConfig config) {
   if (!config.directory.empty()) {
     struct stat st {};
     if (::stat(config.directory.c_str(), &st) != 0)
-      return Error(Exit::noinput, "http_directory " + config.directory + ": " + std::strerror(errno));
+      return Error(Exit::noinput,
+                   "http_directory " + config.directory + ": " + std::strerror(errno));
     if (!S_ISDIR(st.st_mode))
       return Error(Exit::noinput, "http_directory " + config.directory + " is not a directory");
   }
@@ -545,8 +575,8 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(HttpServerConfig config) {
   hints.ai_flags = AI_NUMERICHOST | AI_PASSIVE;
   addrinfo* res = nullptr;
   if (int rc = ::getaddrinfo(config.bind_address.c_str(), "0", &hints, &res); rc != 0)
-    return Error(Exit::config, "bad HTTP bind address \"" + config.bind_address + "\": " +
-                                   ::gai_strerror(rc));
+    return Error(Exit::config,
+                 "bad HTTP bind address \"" + config.bind_address + "\": " + ::gai_strerror(rc));
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> ai(res, &::freeaddrinfo);
 
   UniqueFd listener;
@@ -565,10 +595,10 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(HttpServerConfig config) {
     if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), ai->ai_addrlen) != 0) {
       if (errno == EADDRINUSE) continue;
       if (errno == EACCES)
-        return Error(Exit::noperm, "cannot listen on port " + std::to_string(port) +
-                                       " without privileges");
-      return Error(Exit::config, "cannot listen on " + config.bind_address + ": " +
-                                     std::strerror(errno));
+        return Error(Exit::noperm,
+                     "cannot listen on port " + std::to_string(port) + " without privileges");
+      return Error(Exit::config,
+                   "cannot listen on " + config.bind_address + ": " + std::strerror(errno));
     }
     if (::listen(fd.get(), 64) != 0) {
       if (errno == EADDRINUSE) continue;  // taken between bind and listen

@@ -1,21 +1,21 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE http_server
-#include <boost/test/unit_test.hpp>
+#include "http_server.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/test/unit_test.hpp>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <sstream>
 
-#include "http_server.hpp"
 #include "process.hpp"
 
 using namespace kiln;
@@ -160,8 +160,8 @@ BOOST_AUTO_TEST_CASE(a_big_file_is_streamed_with_flat_memory) {
   auto server = serve(in_dir(t.path));
   struct rusage before {};
   ::getrusage(RUSAGE_SELF, &before);
-  auto r = curl({"-o", (t.path / "copy.img").string(), "-w", "%{size_download}",
-                 url(*server, "/big.img")});
+  auto r = curl(
+      {"-o", (t.path / "copy.img").string(), "-w", "%{size_download}", url(*server, "/big.img")});
   struct rusage after {};
   ::getrusage(RUSAGE_SELF, &after);
   BOOST_TEST(r.out == "52428800");
@@ -243,7 +243,9 @@ BOOST_AUTO_TEST_CASE(many_clients_at_once) {
        {"-c",
         "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do curl -s --max-time 30 \"$0\" | wc -c & done; wait",
         u},
-       {}, {}, {}},
+       {},
+       {},
+       {}},
       60s);
   BOOST_REQUIRE(r.ok());
   std::istringstream in(r->out);
@@ -267,7 +269,8 @@ BOOST_AUTO_TEST_CASE(a_garbage_request_is_400_and_a_huge_head_431) {
     (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
     std::string got;
     char buf[4096];
-    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, static_cast<size_t>(n));
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+      got.append(buf, static_cast<size_t>(n));
     ::close(fd);
     return got;
   };
@@ -276,7 +279,8 @@ BOOST_AUTO_TEST_CASE(a_garbage_request_is_400_and_a_huge_head_431) {
   BOOST_TEST(raw("GET / HTTP/1.1\r\nX: " + std::string(20000, 'x')).find("HTTP/1.1 431 ") == 0u);
   // Pipelined requests are answered in order.
   write(t.path / "p", "P");
-  std::string two = raw("GET /p HTTP/1.1\r\nHost: x\r\n\r\nGET /p HTTP/1.1\r\nConnection: close\r\n\r\n");
+  std::string two =
+      raw("GET /p HTTP/1.1\r\nHost: x\r\n\r\nGET /p HTTP/1.1\r\nConnection: close\r\n\r\n");
   BOOST_TEST(two.find("HTTP/1.1 200 OK") != two.rfind("HTTP/1.1 200 OK"), two);
 }
 

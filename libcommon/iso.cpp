@@ -27,8 +27,8 @@ namespace fs = std::filesystem;
 /// What is at one path of the image.
 struct Node {
   enum class Kind { directory, host_file, content } kind = Kind::directory;
-  std::string source;                  // host_file: where to read it
-  const std::string* text = nullptr;   // content: the caller's string
+  std::string source;                 // host_file: where to read it
+  const std::string* text = nullptr;  // content: the caller's string
   mode_t mode = 0755;
   time_t mtime = 0;
 };
@@ -162,7 +162,8 @@ class TreeBuilder {
       std::string name = it->path().filename().string();
       struct stat cst {};
       // stat, not lstat: a link is replaced by what it points to.
-      if (::stat(child.c_str(), &cst) != 0) return errno_error(Exit::noinput, "cannot add " + child);
+      if (::stat(child.c_str(), &cst) != 0)
+        return errno_error(Exit::noinput, "cannot add " + child);
       Status s = S_ISDIR(cst.st_mode)
                      ? add_dir(at.empty() ? name : at + "/" + name, child, cst, visiting)
                      : add_file(at, name, child, cst);
@@ -183,8 +184,7 @@ Error archive_error(archive* a, const std::string& target) {
                                 (msg ? msg : "unknown libarchive error"));
 }
 
-Status write_node(archive* a, const std::string& target, const std::string& path,
-                  const Node& n) {
+Status write_node(archive* a, const std::string& target, const std::string& path, const Node& n) {
   std::unique_ptr<archive_entry, EntryDeleter> e(archive_entry_new());
   archive_entry_set_pathname(e.get(), path.c_str());
   archive_entry_set_mtime(e.get(), n.mtime, 0);
@@ -201,8 +201,8 @@ Status write_node(archive* a, const std::string& target, const std::string& path
   if (n.kind == Node::Kind::content) {
     archive_entry_set_size(e.get(), static_cast<la_int64_t>(n.text->size()));
     if (archive_write_header(a, e.get()) != ARCHIVE_OK) return archive_error(a, target);
-    if (!n.text->empty() &&
-        archive_write_data(a, n.text->data(), n.text->size()) != static_cast<la_ssize_t>(n.text->size()))
+    if (!n.text->empty() && archive_write_data(a, n.text->data(), n.text->size()) !=
+                                static_cast<la_ssize_t>(n.text->size()))
       return archive_error(a, target);
     return {};
   }
@@ -272,8 +272,9 @@ Status write_iso(const std::string& path, const std::string& label,
 
 Status write_cloud_init_seed(const std::string& path, const std::string& meta_data,
                              const std::string& user_data) {
-  return write_iso(path, "cidata",
-                   {IsoEntry::text("meta-data", meta_data), IsoEntry::text("user-data", user_data)});
+  return write_iso(
+      path, "cidata",
+      {IsoEntry::text("meta-data", meta_data), IsoEntry::text("user-data", user_data)});
 }
 
 }  // namespace kiln

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE iso
-#include <boost/test/unit_test.hpp>
+#include "iso.hpp"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -11,13 +11,13 @@
 #include <algorithm>
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
+#include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
-#include "iso.hpp"
 #include "process.hpp"
 
 using namespace kiln;
@@ -117,18 +117,17 @@ BOOST_AUTO_TEST_CASE(cd_files_land_like_packers) {
   write(src / "flat" / "c.txt", "C\n");
   write(src / "flat" / "inner" / "d.txt", "D\n");
   fs::path iso = t.path / "cd.iso";
-  auto st = write_iso(iso.string(), "KILN_CD",
-                      {IsoEntry::host((src / "ks.cfg").string()),
-                       IsoEntry::host((src / "tree").string()),
-                       IsoEntry::host((src / "flat").string() + "/")});
+  auto st =
+      write_iso(iso.string(), "KILN_CD",
+                {IsoEntry::host((src / "ks.cfg").string()), IsoEntry::host((src / "tree").string()),
+                 IsoEntry::host((src / "flat").string() + "/")});
   BOOST_REQUIRE_MESSAGE(st.ok(), (st.ok() ? "" : st.error().message));
   BOOST_TEST(run("isoinfo", {"-d", "-i", iso.string()}).find("Volume id: KILN_CD\n") !=
              std::string::npos);
   // A file at the root by its name; "tree" keeps its name; "flat/" spills
   // its contents at the root.
-  BOOST_TEST(listing(iso) ==
-                 sorted({"ks.cfg", "tree", "tree/a.txt", "tree/sub", "tree/sub/deep",
-                         "tree/sub/deep/b.txt", "c.txt", "inner", "inner/d.txt"}),
+  BOOST_TEST(listing(iso) == sorted({"ks.cfg", "tree", "tree/a.txt", "tree/sub", "tree/sub/deep",
+                                     "tree/sub/deep/b.txt", "c.txt", "inner", "inner/d.txt"}),
              boost::test_tools::per_element());
   BOOST_TEST(extract(iso, "tree/sub/deep/b.txt") == "B\n");
   BOOST_TEST(extract(iso, "inner/d.txt") == "D\n");
@@ -139,11 +138,11 @@ BOOST_AUTO_TEST_CASE(cd_content_takes_precedence_and_makes_directories) {
   TempDir t;
   write(t.path / "src" / "user-data", "from the file\n");
   fs::path iso = t.path / "cd.iso";
-  auto st = write_iso(iso.string(), "",
-                      {IsoEntry::text("user-data", "from content\n"),
-                       IsoEntry::host((t.path / "src" / "user-data").string()),
-                       IsoEntry::text("/preseed/deep/debian.cfg", "d-i foo\n"),
-                       IsoEntry::text("empty", "")});
+  auto st = write_iso(
+      iso.string(), "",
+      {IsoEntry::text("user-data", "from content\n"),
+       IsoEntry::host((t.path / "src" / "user-data").string()),
+       IsoEntry::text("/preseed/deep/debian.cfg", "d-i foo\n"), IsoEntry::text("empty", "")});
   BOOST_REQUIRE_MESSAGE(st.ok(), (st.ok() ? "" : st.error().message));
   BOOST_TEST(run("isoinfo", {"-d", "-i", iso.string()}).find("Volume id: PACKER\n") !=
              std::string::npos);
@@ -185,7 +184,8 @@ BOOST_AUTO_TEST_CASE(a_link_loop_is_an_error) {
   TempDir t;
   fs::create_directories(t.path / "src" / "d");
   fs::create_directory_symlink("..", t.path / "src" / "d" / "up");
-  auto st = write_iso((t.path / "cd.iso").string(), "x", {IsoEntry::host((t.path / "src").string())});
+  auto st =
+      write_iso((t.path / "cd.iso").string(), "x", {IsoEntry::host((t.path / "src").string())});
   BOOST_REQUIRE(!st.ok());
   BOOST_TEST(st.error().code == Exit::dataerr);
   BOOST_TEST(!fs::exists(t.path / "cd.iso"));
@@ -213,7 +213,8 @@ BOOST_AUTO_TEST_CASE(a_big_file_is_streamed) {
   std::string verbose = run("bsdtar", {"-tvf", iso.string()});
   BOOST_TEST(verbose.find(" 67108864 ") != std::string::npos, verbose);
   std::string a = run("sha256sum", {big.string()}).substr(0, 64);
-  std::string b = run("sh", {"-c", "bsdtar -xOf \"$0\" big.bin | sha256sum", iso.string()}).substr(0, 64);
+  std::string b =
+      run("sh", {"-c", "bsdtar -xOf \"$0\" big.bin | sha256sum", iso.string()}).substr(0, 64);
   BOOST_TEST(a == b);
 }
 
@@ -241,9 +242,9 @@ BOOST_AUTO_TEST_CASE(errors_leave_no_image_behind) {
   BOOST_TEST(label.error().code == Exit::dataerr);
 
   write(t.path / "src" / "conf", "file\n");
-  auto clash = write_iso(iso.string(), "x",
-                         {IsoEntry::host((t.path / "src" / "conf").string()),
-                          IsoEntry::text("conf/inner", "x")});
+  auto clash = write_iso(
+      iso.string(), "x",
+      {IsoEntry::host((t.path / "src" / "conf").string()), IsoEntry::text("conf/inner", "x")});
   BOOST_REQUIRE(!clash.ok());
   BOOST_TEST(clash.error().code == Exit::dataerr);
 
@@ -271,28 +272,47 @@ BOOST_AUTO_TEST_CASE(an_existing_image_is_replaced_whole) {
 BOOST_AUTO_TEST_CASE(a_real_guest_reads_the_seed) {
   const char* cache = std::getenv("KILN_CACHE");
   const char* home = std::getenv("HOME");
-  fs::path base = cache ? fs::path(cache) / "base" : fs::path(home ? home : "/root") / ".cache/kiln/base";
+  fs::path base =
+      cache ? fs::path(cache) / "base" : fs::path(home ? home : "/root") / ".cache/kiln/base";
   if (!fs::exists(base / "manifest.json") || !fs::exists(base / "vmlinuz")) {
     BOOST_TEST_MESSAGE("skipped: no test VM at " << base << " (tests/vm/build-image makes it)");
     return;
   }
   TempDir t;
   fs::path seed = t.path / "seed.iso";
-  BOOST_REQUIRE(write_cloud_init_seed(seed.string(), "instance-id: kiln\nlocal-hostname: kiln-seeded\n",
-                                      "#cloud-config\nssh_authorized_keys:\n  - ssh-ed25519 AAAA kiln\n")
-                    .ok());
+  BOOST_REQUIRE(
+      write_cloud_init_seed(seed.string(), "instance-id: kiln\nlocal-hostname: kiln-seeded\n",
+                            "#cloud-config\nssh_authorized_keys:\n  - ssh-ed25519 AAAA kiln\n")
+          .ok());
   fs::path serial = t.path / "serial.log";
   // The test VM's own NoCloud finds the seed by label, mounts it as iso9660
   // and takes the host name from meta-data; the serial getty then greets
   // with "kiln-seeded login:".
   bp::child qemu(
       bp::search_path("qemu-system-x86_64"),
-      bp::args({"-accel", "tcg", "-m", "256", "-smp", "1", "-display", "none", "-nodefaults",
-                "-no-user-config", "-drive",
-                "file=" + (base / "debian-tiny.qcow2").string() + ",if=virtio,format=qcow2,snapshot=on",
-                "-drive", "file=" + seed.string() + ",media=cdrom,readonly=on", "-kernel",
-                (base / "vmlinuz").string(), "-initrd", (base / "initrd.img").string(), "-append",
-                "root=/dev/vda2 console=ttyS0", "-serial", "file:" + serial.string()}),
+      bp::args(
+          {"-accel",
+           "tcg",
+           "-m",
+           "256",
+           "-smp",
+           "1",
+           "-display",
+           "none",
+           "-nodefaults",
+           "-no-user-config",
+           "-drive",
+           "file=" + (base / "debian-tiny.qcow2").string() + ",if=virtio,format=qcow2,snapshot=on",
+           "-drive",
+           "file=" + seed.string() + ",media=cdrom,readonly=on",
+           "-kernel",
+           (base / "vmlinuz").string(),
+           "-initrd",
+           (base / "initrd.img").string(),
+           "-append",
+           "root=/dev/vda2 console=ttyS0",
+           "-serial",
+           "file:" + serial.string()}),
       bp::std_in<bp::null, bp::std_out> bp::null, bp::std_err > (t.path / "qemu.err").string(),
       bp::extend::on_exec_setup = [](auto&) { ::prctl(PR_SET_PDEATHSIG, SIGKILL); });
   // Ends qemu however the test leaves this scope.

@@ -3,6 +3,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -10,9 +12,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include "signals.hpp"
 
@@ -87,8 +86,8 @@ Result<Qmp> Qmp::connect(const std::string& socket_path, std::chrono::millisecon
     // Not there yet, not listening yet, or its queue is full: qemu may be
     // starting, so try again until the deadline.
     if (err != ENOENT && err != ECONNREFUSED && err != EAGAIN)
-      return Error(Exit::ioerr, "cannot connect to QMP socket " + socket_path + ": " +
-                                    std::strerror(err));
+      return Error(Exit::ioerr,
+                   "cannot connect to QMP socket " + socket_path + ": " + std::strerror(err));
     last_error = std::strerror(err);
     if (Clock::now() >= deadline)
       return Error(Exit::tempfail, "QMP socket " + socket_path + " did not answer within " +
@@ -167,8 +166,8 @@ Status Qmp::fill(Clock::time_point deadline, bool block) {
     if (n > 0) {
       buffer_.append(chunk, static_cast<size_t>(n));
       if (buffer_.size() > kMaxMessage)
-        return Error(Exit::protocol, "QMP message longer than " +
-                                         std::to_string(kMaxMessage) + " bytes");
+        return Error(Exit::protocol,
+                     "QMP message longer than " + std::to_string(kMaxMessage) + " bytes");
       return {};
     }
     if (n == 0) {
@@ -200,8 +199,8 @@ Result<bool> Qmp::next_buffered(rapidjson::Document& msg) {
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     msg.Parse(line.c_str(), line.size());
     if (msg.HasParseError() || !msg.IsObject())
-      return Error(Exit::protocol, "qemu sent something that is not a QMP message: " +
-                                       line.substr(0, 200));
+      return Error(Exit::protocol,
+                   "qemu sent something that is not a QMP message: " + line.substr(0, 200));
     return true;
   }
 }
@@ -233,7 +232,8 @@ Status Qmp::send_all(const std::string& text, Clock::time_point deadline) {
       return Error(Exit::ioerr, "writing QMP socket " + path_ + ": " + std::strerror(errno));
     auto ready = wait_fd(fd_, POLLOUT, deadline);
     if (!ready) return std::move(ready).error();
-    if (!*ready) return Error(Exit::tempfail, "qemu did not take a command on " + path_ + " in time");
+    if (!*ready)
+      return Error(Exit::tempfail, "qemu did not take a command on " + path_ + " in time");
   }
   return {};
 }
@@ -246,8 +246,7 @@ void Qmp::keep_event(rapidjson::Document& msg) {
   auto ts = msg.FindMember("timestamp");
   if (ts != msg.MemberEnd() && ts->value.IsObject()) {
     const auto& t = ts->value;
-    if (t.HasMember("seconds") && t["seconds"].IsNumber())
-      ev.timestamp += t["seconds"].GetDouble();
+    if (t.HasMember("seconds") && t["seconds"].IsNumber()) ev.timestamp += t["seconds"].GetDouble();
     if (t.HasMember("microseconds") && t["microseconds"].IsNumber())
       ev.timestamp += t["microseconds"].GetDouble() / 1e6;
   }
@@ -289,7 +288,8 @@ Result<rapidjson::Document> Qmp::execute(const std::string& command,
     }
     auto ret = msg.FindMember("return");
     if (ret == msg.MemberEnd())
-      return Error(Exit::protocol, "qemu's reply to " + command + " has no return: " + to_text(msg));
+      return Error(Exit::protocol,
+                   "qemu's reply to " + command + " has no return: " + to_text(msg));
     rapidjson::Document out;
     out.CopyFrom(ret->value, out.GetAllocator());
     return out;
@@ -330,8 +330,8 @@ Result<QmpEvent> Qmp::wait_event(const std::string& name, std::chrono::milliseco
     rapidjson::Document msg;
     if (auto st = read_message(msg, deadline); !st) {
       Error e = st.error();
-      if (e.code == Exit::tempfail) e.message = "no " + name + " event within " +
-                                                std::to_string(timeout.count()) + " ms";
+      if (e.code == Exit::tempfail)
+        e.message = "no " + name + " event within " + std::to_string(timeout.count()) + " ms";
       return e;
     }
     if (msg.HasMember("event")) keep_event(msg);
@@ -354,8 +354,7 @@ Result<std::string> Qmp::query_status(std::chrono::milliseconds timeout) {
   auto r = execute("query-status", nullptr, timeout);
   if (!r) return std::move(r).error();
   std::string status = member_string(*r, "status");
-  if (status.empty())
-    return Error(Exit::protocol, "query-status: no status in " + to_text(*r));
+  if (status.empty()) return Error(Exit::protocol, "query-status: no status in " + to_text(*r));
   return status;
 }
 

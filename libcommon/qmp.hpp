@@ -5,11 +5,11 @@
 /// GUEST_PANICKED...) kept aside for the caller. Every wait is bounded by a
 /// timeout and ends early when the tool is interrupted (signals::wake_fd).
 
+#include <rapidjson/document.h>
+
 #include <chrono>
 #include <string>
 #include <vector>
-
-#include <rapidjson/document.h>
 
 #include "result.hpp"
 
@@ -17,9 +17,9 @@ namespace kiln {
 
 /// One asynchronous QMP event, e.g. {"event": "SHUTDOWN", "data": {...}}.
 struct QmpEvent {
-  std::string name;            ///< "SHUTDOWN", "STOP", "GUEST_PANICKED"...
-  rapidjson::Document data;    ///< the event's "data" object (null if none)
-  double timestamp = 0;        ///< qemu's time of the event, unix seconds
+  std::string name;          ///< "SHUTDOWN", "STOP", "GUEST_PANICKED"...
+  rapidjson::Document data;  ///< the event's "data" object (null if none)
+  double timestamp = 0;      ///< qemu's time of the event, unix seconds
 };
 
 /// A connected QMP session in command mode. Owns the socket; moving it moves

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE qmp
-#include <boost/test/unit_test.hpp>
+#include "qmp.hpp"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -11,6 +11,7 @@
 
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
+#include <boost/test/unit_test.hpp>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -18,7 +19,6 @@
 #include <optional>
 #include <thread>
 
-#include "qmp.hpp"
 #include "signals.hpp"
 
 using namespace kiln;
@@ -51,8 +51,8 @@ class BareQemu {
     socket = (dir_.path / "qmp.sock").string();
     child_ = bp::child(
         bp::search_path("qemu-system-x86_64"),
-        bp::args({"-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config", "-m",
-                  "64", "-qmp", "unix:" + socket + ",server=on,wait=off", "-S"}),
+        bp::args({"-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config", "-m", "64",
+                  "-qmp", "unix:" + socket + ",server=on,wait=off", "-S"}),
         bp::std_in<bp::null, bp::std_out> bp::null, bp::std_err > (dir_.path / "err").string(),
         bp::extend::on_exec_setup = [](auto&) { ::prctl(PR_SET_PDEATHSIG, SIGKILL); });
   }
@@ -254,11 +254,12 @@ BOOST_AUTO_TEST_CASE(the_socket_may_appear_after_connect_starts) {
   std::this_thread::sleep_for(300ms);
   {
     // Start qemu on that very path.
-    bp::child late(bp::search_path("qemu-system-x86_64"),
-                   bp::args({"-accel", "tcg", "-display", "none", "-nodefaults", "-S", "-qmp",
-                             "unix:" + path + ",server=on,wait=off"}),
-                   bp::std_in<bp::null, bp::std_out> bp::null, bp::std_err > bp::null,
-                   bp::extend::on_exec_setup = [](auto&) { ::prctl(PR_SET_PDEATHSIG, SIGKILL); });
+    bp::child late(
+        bp::search_path("qemu-system-x86_64"),
+        bp::args({"-accel", "tcg", "-display", "none", "-nodefaults", "-S", "-qmp",
+                  "unix:" + path + ",server=on,wait=off"}),
+        bp::std_in<bp::null, bp::std_out> bp::null, bp::std_err > bp::null,
+        bp::extend::on_exec_setup = [](auto&) { ::prctl(PR_SET_PDEATHSIG, SIGKILL); });
     client.join();
     BOOST_TEST_REQUIRE(r->ok(), (r->ok() ? "" : r->error().message));
     BOOST_TEST((*r)->quit().ok());
