@@ -238,6 +238,8 @@ std::string where_of(const Endpoint& ep) {
 /// Exit::config (unknown host), Exit::interrupted.
 Result<int> tcp_connect(const Endpoint& ep, Clock::time_point deadline) {
   const std::string where = where_of(ep);
+  if (ep.port <= 0 || ep.port > 65535)
+    return Error(Exit::config, "port " + std::to_string(ep.port) + " is out of range");
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -409,9 +411,8 @@ Result<ImplPtr> open_once(const Endpoint& ep, Clock::time_point deadline) {
     // not up yet) accepts and then drops the connection: worth a retry.
     if (is_connection_loss(rc))
       return Error(Exit::tempfail, impl->where +
-                                       " closed the connection during the SSH "
-                                       "handshake: " +
-                                       impl->last_error());
+                                       " closed the connection during the SSH handshake (" +
+                                       impl->last_error() + ")");
     return Error(Exit::protocol,
                  "SSH handshake with " + impl->where + " failed: " + impl->last_error());
   }
@@ -786,6 +787,10 @@ Result<int> Session::exec(const std::string& command,
   rc = im.drive([&] { return libssh2_channel_exec(raw, command.c_str()); }, deadline);
   if (rc == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED)
     return Error(Exit::protocol, im.where + " refused to run the command");
+  if (rc != 0) return lost(rc);
+  // Nothing to feed it: a command that reads stdin sees its end at once,
+  // as with process::run, instead of waiting for the timeout.
+  rc = im.drive([&] { return libssh2_channel_send_eof(raw); }, deadline);
   if (rc != 0) return lost(rc);
 
   std::vector<char> buf(64 * 1024);

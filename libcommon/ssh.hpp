@@ -57,7 +57,7 @@ class Session {
   /// `timeout` has passed. Errors: Exit::tempfail (no handshake before the
   /// timeout; the message says the last reason), Exit::protocol (the peer is
   /// not an SSH server or the key exchange failed), Exit::config (unknown
-  /// host name), Exit::interrupted.
+  /// host name or port out of range), Exit::interrupted.
   static Result<Session> connect(const Endpoint& ep, std::chrono::milliseconds timeout);
 
   Session(Session&&) noexcept;
@@ -83,11 +83,10 @@ class Session {
   Status authenticate(const std::string& user, const Credentials& cred,
                       std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
-  /// Runs `command` with the user's shell, passing its stdout and stderr to
-  /// `out` and `err` chunk by chunk as they arrive; returns its exit status
-  /// (128+N when a signal N ended it). Errors: Exit::protocol (the
-  /// connection was lost: the message says so), Exit::tempfail (still
-  /// running after `timeout`, 0 = no limit), Exit::interrupted (a signal
+  /// Runs `command` with the user's shell (stdin at its end at once), passing its stdout and stderr
+  /// to `out` and `err` chunk by chunk as they arrive; returns its exit status (128+N when a signal
+  /// N ended it). Errors: Exit::protocol (the connection was lost: the message says so),
+  /// Exit::tempfail (still running after `timeout`, 0 = no limit), Exit::interrupted (a signal
   /// arrived). On timeout or interrupt the channel is closed, which closes
   /// the command's stdin and output (it ends at its next write, by
   /// SIGPIPE); with libssh2 1.11 or later it is also sent TERM.

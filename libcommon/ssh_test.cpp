@@ -4,8 +4,9 @@
 // Password login needs a user with a known password: the test creates the
 // user "kilntest" when missing (useradd), gives it a fresh random password
 // for the run (chpasswd) and locks the password again at the end
-// (usermod -L). Every process the test starts is killed by its destructor
-// and, should the test die, by PR_SET_PDEATHSIG.
+// (usermod -L). Keyboard-interactive is tested through a second sshd with
+// UsePAM yes (Debian's /etc/pam.d/sshd). Every process the test starts is
+// killed by its destructor and, should the test die, by PR_SET_PDEATHSIG.
 #define BOOST_TEST_MODULE ssh
 #include "ssh.hpp"
 
@@ -317,12 +318,15 @@ class Sshd {
   }
 
   /// Writes a config for `port` and starts sshd on it; null when it does
-  /// not listen (the port was taken meanwhile).
+  /// not listen (the port was taken meanwhile). VERBOSE logging, because at
+  /// DEBUG levels sshd also writes its log to the session's stderr.
   std::unique_ptr<Child> start(int port, const std::string& name,
                                std::chrono::milliseconds delay = 0ms,
                                const std::string& extra_config = "") {
     fs::path config = dir_ / (name + ".config");
-    std::ofstream(config) << "ListenAddress 127.0.0.1\n"
+    // sshd keeps the first value it reads for a keyword: the extras go first.
+    std::ofstream(config) << extra_config << "LogLevel VERBOSE\n"
+                          << "ListenAddress 127.0.0.1\n"
                           << "Port " << port << "\n"
                           << "HostKey " << (dir_ / "host_ed25519").string() << "\n"
                           << "PidFile " << (dir_ / (name + ".pid")).string() << "\n"
@@ -332,9 +336,7 @@ class Sshd {
                           << "PasswordAuthentication yes\n"
                           << "KbdInteractiveAuthentication no\n"
                           << "PermitRootLogin yes\n"
-                          << "Subsystem sftp internal-sftp\n"
-                          // At DEBUG levels sshd also writes to the session's stderr.
-                          << (extra_config.empty() ? "LogLevel VERBOSE\n" : extra_config);
+                          << "Subsystem sftp internal-sftp\n";
     std::vector<std::string> argv{"/usr/sbin/sshd", "-D", "-e", "-f", config.string()};
     if (delay > 0ms) {
       // The shell execs sshd, so the Child's pid is the server's.
@@ -528,8 +530,7 @@ BOOST_AUTO_TEST_CASE(rsa_keys_need_a_server_that_accepts_ssh_rsa_signatures) {
   fs::path openssh_format = sshd().keygen("user_rsa", {"-t", "rsa", "-b", "3072"});
   fs::path pem_format = sshd().keygen("user_rsa_pem", {"-t", "rsa", "-b", "2048", "-m", "PEM"});
   const int port = free_port();
-  auto legacy =
-      sshd().start(port, "legacy", 0ms, "LogLevel VERBOSE\nPubkeyAcceptedAlgorithms +ssh-rsa\n");
+  auto legacy = sshd().start(port, "legacy", 0ms, "PubkeyAcceptedAlgorithms +ssh-rsa\n");
   BOOST_REQUIRE(legacy);
   for (const fs::path& key : {openssh_format, pem_format}) {
     BOOST_TEST_CONTEXT("key " << key.filename()) {
@@ -594,6 +595,30 @@ BOOST_AUTO_TEST_CASE(password_logs_in_and_a_wrong_one_is_denied) {
   BOOST_TEST(!contains(st.error().message, sshd().password()));
 }
 
+// With PAM, OpenSSH asks for the password by keyboard-interactive.
+BOOST_AUTO_TEST_CASE(keyboard_interactive_is_answered_with_the_password) {
+  const int port = free_port();
+  auto pam = sshd().start(port, "pam", 0ms,
+                          "UsePAM yes\nKbdInteractiveAuthentication yes\n"
+                          "PasswordAuthentication no\n");
+  BOOST_REQUIRE(pam);
+  const ssh::Endpoint ep{"127.0.0.1", port, kTestUser};
+  ssh::Credentials cred;
+  cred.password = sshd().password();
+  auto s = ssh::Session::connect(ep, 5s);
+  BOOST_REQUIRE(s.ok());
+  auto st = s->authenticate(kTestUser, cred);
+  BOOST_TEST(st.ok(), (st.ok() ? "" : st.error().message));
+
+  cred.password = "wrong";
+  auto s2 = ssh::Session::connect(ep, 5s);
+  BOOST_REQUIRE(s2.ok());
+  auto denied = s2->authenticate(kTestUser, cred);
+  BOOST_REQUIRE(!denied.ok());
+  BOOST_TEST_MESSAGE(denied.error().message);
+  BOOST_TEST(contains(denied.error().message, "tried: keyboard-interactive"));
+}
+
 BOOST_AUTO_TEST_CASE(agent_keys_log_in) {
   fs::path key = sshd().keygen("agent_ed25519", {"-t", "ed25519"});
   fs::path sock = sshd().dir() / "agent.sock";
@@ -646,6 +671,10 @@ BOOST_AUTO_TEST_CASE(exec_streams_both_outputs_and_returns_the_exit_status) {
   // The session runs several commands, one after the other.
   BOOST_TEST(run_remote(s, "kill -TERM $$").status == 128 + SIGTERM);
   BOOST_TEST(run_remote(s, "exit 0").status == 0);
+  // stdin is at its end: a command reading it does not wait.
+  auto start = Clock::now();
+  BOOST_TEST(run_remote(s, "cat; echo read").out == "read\n");
+  BOOST_TEST(ms_since(start) < 5000);
 }
 
 BOOST_AUTO_TEST_CASE(ten_megabytes_of_output_stream_through) {
@@ -797,6 +826,59 @@ BOOST_AUTO_TEST_CASE(nothing_listening_is_tempfail_at_the_deadline) {
   BOOST_TEST(polls <= 13);
 }
 
+/// A loopback port whose listener runs `serve` on each client, in a thread
+/// that ends when this goes away.
+class FakeServer {
+ public:
+  explicit FakeServer(std::function<void(int)> serve) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 16) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      throw std::runtime_error("cannot listen on loopback");
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this, serve = std::move(serve)] {
+      for (;;) {
+        int c = ::accept(fd_, nullptr, nullptr);
+        if (c < 0) return;  // shut down
+        serve(c);
+        ::close(c);
+      }
+    });
+  }
+  ~FakeServer() {
+    ::shutdown(fd_, SHUT_RDWR);  // ends the accept()
+    thread_.join();
+    ::close(fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+// What a port forwarder (qemu's user network) does while the guest's sshd
+// is not up yet: accept, then close at once.
+BOOST_AUTO_TEST_CASE(a_port_that_accepts_and_drops_is_retried_until_the_deadline) {
+  std::atomic<int> accepted{0};
+  FakeServer dropper([&](int) { ++accepted; });
+  auto start = Clock::now();
+  auto s = ssh::Session::connect({"127.0.0.1", dropper.port(), "root"}, 1000ms);
+  auto took = ms_since(start);
+  BOOST_REQUIRE(!s.ok());
+  BOOST_TEST_MESSAGE(s.error().message << " (" << took << " ms, " << accepted << " connections)");
+  BOOST_TEST(s.error().code == Exit::tempfail);
+  BOOST_TEST(contains(s.error().message, "closed the connection"));
+  BOOST_TEST(took >= 1000);
+  BOOST_TEST(took < 1400);
+  BOOST_TEST(accepted >= 3);
+}
+
 BOOST_AUTO_TEST_CASE(wait_until_ready_waits_for_a_server_that_starts_late) {
   const int port = free_port();
   auto late = sshd().start(port, "late", 800ms);
@@ -841,32 +923,22 @@ BOOST_AUTO_TEST_CASE(wait_until_ready_keeps_trying_a_denied_login_and_stops_when
 }
 
 BOOST_AUTO_TEST_CASE(a_server_that_does_not_speak_ssh_is_a_protocol_error) {
-  int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  BOOST_REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  BOOST_REQUIRE(::listen(listener, 4) == 0);
-  BOOST_REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  std::thread http([listener] {
-    int c = ::accept(listener, nullptr, nullptr);
-    if (c < 0) return;
+  FakeServer http([](int c) {
     const char reply[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
     (void)!::write(c, reply, sizeof reply - 1);
     char buf[256];
     while (::read(c, buf, sizeof buf) > 0) {
     }
-    ::close(c);
   });
-  auto s = ssh::Session::connect({"127.0.0.1", ntohs(a.sin_port), "root"}, 3s);
-  ::shutdown(listener, SHUT_RDWR);  // ends an accept() that got no client
-  http.join();
-  ::close(listener);
+  auto s = ssh::Session::connect({"127.0.0.1", http.port(), "root"}, 3s);
   BOOST_REQUIRE(!s.ok());
   BOOST_TEST_MESSAGE(s.error().message);
   BOOST_TEST(s.error().code == Exit::protocol);
   BOOST_TEST(contains(s.error().message, "not an SSH server"));
+
+  auto bad_port = ssh::Session::connect({"127.0.0.1", 70000, "root"}, 1s);
+  BOOST_REQUIRE(!bad_port.ok());
+  BOOST_TEST(bad_port.error().code == Exit::config);
 }
 
 // Last: the interrupted flag cannot be reset, so every later test would see it.
