@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include <rapidjson/pointer.h>
+
 #include "exit_code.hpp"
 #include "json.hpp"
 #include "log.hpp"
@@ -56,7 +58,8 @@ Status validate(const rapidjson::Value& record) {
   // through a $ref to another file was broken, and the message should.
   if (record.IsObject()) {
     for (const auto& [section, file] :
-         {std::pair{"build", "build.schema.json"}, std::pair{"error", "error.schema.json"}}) {
+         {std::pair{"build", "build.schema.json"}, std::pair{"machine", "machine.schema.json"},
+          std::pair{"error", "error.schema.json"}}) {
       auto it = record.FindMember(section);
       if (it == record.MemberEnd()) continue;
       if (auto st = schema::validate(it->value, file); !st) {
@@ -138,6 +141,21 @@ void set_error(rapidjson::Document& record, std::string_view tool,
     err.AddMember("errors", list, a);
   }
   record.AddMember("error", err, a);
+}
+
+std::vector<std::string> secrets(const rapidjson::Value& record) {
+  std::vector<std::string> out;
+  if (!record.IsObject()) return out;
+  auto b = record.FindMember("build");
+  if (b == record.MemberEnd() || !b->value.IsObject()) return out;
+  auto s = b->value.FindMember("sensitive");
+  if (s == b->value.MemberEnd() || !s->value.IsArray()) return out;
+  for (const auto& p : s->value.GetArray()) {
+    if (!p.IsString()) continue;
+    const rapidjson::Value* v = rapidjson::Pointer(p.GetString()).Get(b->value);
+    if (v && v->IsString() && v->GetStringLength() > 0) out.emplace_back(v->GetString());
+  }
+  return out;
 }
 
 std::string build_name(const rapidjson::Value& record) {

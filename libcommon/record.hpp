@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <rapidjson/document.h>
 
@@ -62,6 +63,10 @@ void set_error(rapidjson::Document& record, std::string_view tool,
                const Error& e, std::string_view build = {},
                const Errors& extra = {},
                const std::vector<std::string>& secrets = {});
+
+/// The values the build marks as secret (build.sensitive pointers), for a
+/// Logger to redact.
+std::vector<std::string> secrets(const rapidjson::Value& record);
 
 /// The build name of a record ("" when it has none).
 std::string build_name(const rapidjson::Value& record);

@@ -68,6 +68,15 @@ bool sleep_for(std::chrono::milliseconds d) {
   return !interrupted();
 }
 
+void reset_after_fork() {
+  g_signal.store(0);
+  for (int& fd : g_pipe) {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+  if (::pipe2(g_pipe, O_CLOEXEC | O_NONBLOCK) != 0) g_pipe[0] = g_pipe[1] = -1;
+}
+
 void raise_for_test(int sig) { on_signal(sig); }
 
 }  // namespace kiln::signals

@@ -27,6 +27,9 @@ int received();
 int wake_fd();
 /// Sleeps up to `d`, returning early (false) when interrupted.
 bool sleep_for(std::chrono::milliseconds d);
+/// In a child made by fork(): forget a signal the parent saw and give the
+/// child its own wake pipe (the parent's would wake both).
+void reset_after_fork();
 /// Marks the process interrupted as if a signal had come (for tests).
 void raise_for_test(int sig);
 

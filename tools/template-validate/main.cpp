@@ -40,10 +40,10 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
       ("except", cli::po::value<std::vector<std::string>>(&except)->value_name("NAMES"),
        "all builds but these: names or globs (also -except)")
       ("syntax-only", "only check the syntax; write no records (also -syntax-only)")
-      ("force", "outputs may be replaced: an existing output_directory is no\n"
+      ("force", "outputs may be replaced: an existing output_directory is no "
                 "error, and capture overwrites (also -force)")
       ("on-error", cli::po::value<std::string>(&on_error)->value_name("WHAT"),
-       "what later tools do with a failed build's machine: cleanup (default),\n"
+       "what later tools do with a failed build's machine: cleanup (default), "
        "abort (leave it running) or ask")
       ("template", cli::po::value<std::string>()->value_name("TEMPLATE"),
        "the template (the positional argument)");
@@ -88,7 +88,7 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
 void report(log::Logger& log, const Error& e, const templates::Outcome& out,
             log::Level level) {
   log.report(e, level);
-  if (log.format() != log::Format::human || e.where.line < 1) return;
+  if (log.format() != log::Format::human || e.where.line < 1 || !log.enabled(level)) return;
   for (const auto& [name, text] : out.sources) {
     if (name != e.where.file) continue;
     json::SourceMap map(name, text);

@@ -1,0 +1,11 @@
+# fish completion for vm-launch(1)
+complete -c vm-launch -l list -d 'list live machines'
+complete -c vm-launch -l stop -x -a 'all - (vm-launch --list 2>/dev/null | cut -f 1)' -d 'power a machine off'
+complete -c vm-launch -l max-lifetime -x -d 'end machines after this long'
+complete -c vm-launch -l records -r -F -d 'the records to read'
+complete -c vm-launch -s h -l help -d 'show the help'
+complete -c vm-launch -l version -d 'show the version'
+complete -c vm-launch -s v -l verbose -d 'more detail on stderr'
+complete -c vm-launch -s q -l quiet -d 'only errors on stderr'
+complete -c vm-launch -l log-format -x -a 'human json' -d 'log format'
+complete -c vm-launch -l color -x -a 'auto always never' -d 'colour on stderr'
