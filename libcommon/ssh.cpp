@@ -17,6 +17,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -385,48 +386,48 @@ SessionState::~SessionState() {
 
 namespace {
 
-using ImplPtr = std::unique_ptr<detail::SessionState>;
+using StatePtr = std::unique_ptr<detail::SessionState>;
 
 /// One TCP connection and handshake. Errors as Session::connect, with
 /// Exit::tempfail for every failure a retry may cure.
-Result<ImplPtr> open_once(const Endpoint& ep, Clock::time_point deadline) {
+Result<StatePtr> open_once(const Endpoint& ep, Clock::time_point deadline) {
   auto fd = tcp_connect(ep, deadline);
   if (!fd) return fd.error();
-  auto impl = std::make_unique<detail::SessionState>();
-  impl->fd = *fd;
-  impl->where = where_of(ep);
-  impl->s = libssh2_session_init_ex(nullptr, nullptr, nullptr, impl.get());
-  if (!impl->s) return Error(Exit::software, "cannot create an SSH session: out of memory");
-  libssh2_session_set_blocking(impl->s, 0);
+  auto state = std::make_unique<detail::SessionState>();
+  state->fd = *fd;
+  state->where = where_of(ep);
+  state->s = libssh2_session_init_ex(nullptr, nullptr, nullptr, state.get());
+  if (!state->s) return Error(Exit::software, "cannot create an SSH session: out of memory");
+  libssh2_session_set_blocking(state->s, 0);
 
-  int rc = impl->drive([&] { return libssh2_session_handshake(impl->s, impl->fd); }, deadline);
-  if (rc == kTimedOut) return Error(Exit::tempfail, "no SSH handshake from " + impl->where);
-  if (rc == kInterrupted) return impl->failure(rc, "the SSH handshake");
+  int rc = state->drive([&] { return libssh2_session_handshake(state->s, state->fd); }, deadline);
+  if (rc == kTimedOut) return Error(Exit::tempfail, "no SSH handshake from " + state->where);
+  if (rc == kInterrupted) return state->failure(rc, "the SSH handshake");
   if (rc != 0) {
-    const char* banner = libssh2_session_banner_get(impl->s);
+    const char* banner = libssh2_session_banner_get(state->s);
     if (banner && std::strncmp(banner, "SSH-", 4) != 0)
-      return Error(Exit::protocol, impl->where + " is not an SSH server (it sent: " +
+      return Error(Exit::protocol, state->where + " is not an SSH server (it sent: " +
                                        std::string(banner).substr(0, 60) + ")");
     // A server that is still starting (or a port forwarder whose target is
     // not up yet) accepts and then drops the connection: worth a retry.
     if (is_connection_loss(rc))
-      return Error(Exit::tempfail, impl->where +
+      return Error(Exit::tempfail, state->where +
                                        " closed the connection during the SSH handshake (" +
-                                       impl->last_error() + ")");
+                                       state->last_error() + ")");
     return Error(Exit::protocol,
-                 "SSH handshake with " + impl->where + " failed: " + impl->last_error());
+                 "SSH handshake with " + state->where + " failed: " + state->last_error());
   }
-  impl->handshaken = true;
+  state->handshaken = true;
 
   size_t len = 0;
   int type = 0;
-  const char* key = libssh2_session_hostkey(impl->s, &len, &type);
+  const char* key = libssh2_session_hostkey(state->s, &len, &type);
   std::string_view blob(key ? key : "", key ? len : 0);
   std::string name = blob_type(blob);
-  if (name.empty()) return Error(Exit::protocol, impl->where + " sent an unreadable host key");
-  impl->host_key.openssh = name + " " + base64(blob);
-  impl->host_key.fingerprint = fingerprint(blob);
-  return impl;
+  if (name.empty()) return Error(Exit::protocol, state->where + " sent an unreadable host key");
+  state->host_key.openssh = name + " " + base64(blob);
+  state->host_key.fingerprint = fingerprint(blob);
+  return state;
 }
 
 }  // namespace
@@ -443,13 +444,14 @@ Result<Session> Session::connect(const Endpoint& ep, milliseconds timeout) {
   std::string last = "no try finished";
   for (;;) {
     const auto tried_at = Clock::now();
-    auto impl = open_once(ep, deadline);
-    if (impl) return Session(std::move(*impl));
-    if (impl.error().code != Exit::tempfail) return std::move(impl).error();
-    last = impl.error().message;
-    auto next = std::min(tried_at + kRetryEvery, deadline);
-    if (Clock::now() >= deadline) break;
-    if (!signals::sleep_for(std::chrono::ceil<milliseconds>(next - Clock::now())))
+    auto state = open_once(ep, deadline);
+    if (state) return Session(std::move(*state));
+    if (state.error().code != Exit::tempfail) return std::move(state).error();
+    last = state.error().message;
+    const auto next = std::min(tried_at + kRetryEvery, deadline);
+    const auto now = Clock::now();
+    if (now >= deadline) break;
+    if (now < next && !signals::sleep_for(std::chrono::ceil<milliseconds>(next - now)))
       return Error(Exit::interrupted, "interrupted while connecting to " + where_of(ep));
     if (Clock::now() >= deadline) break;
   }
@@ -539,14 +541,22 @@ std::string private_key_type(const std::string& path) {
   return blob_type(public_key);
 }
 
+struct AgentCloser {
+  void operator()(LIBSSH2_AGENT* a) const {
+    libssh2_agent_disconnect(a);
+    libssh2_agent_free(a);
+  }
+};
+
 /// Answers every keyboard-interactive prompt with the password, as OpenSSH
 /// servers with PAM ask for it that way.
 void answer_with_password(const char*, int, const char*, int, int num_prompts,
                           const LIBSSH2_USERAUTH_KBDINT_PROMPT*,
                           LIBSSH2_USERAUTH_KBDINT_RESPONSE* responses, void** abstract) {
-  auto* impl = static_cast<detail::SessionState*>(*abstract);
+  auto* state = static_cast<detail::SessionState*>(*abstract);
+  std::string_view pw;
+  if (state && state->kbd_password) pw = *state->kbd_password;
   for (int i = 0; i < num_prompts; ++i) {
-    const std::string& pw = impl && impl->kbd_password ? *impl->kbd_password : "";
     // libssh2 frees the answers with free().
     responses[i].text = static_cast<char*>(std::malloc(pw.size() + 1));
     if (!responses[i].text) {
@@ -591,7 +601,7 @@ Status Session::authenticate(const std::string& user, const Credentials& cred,
     if (code == kTimedOut || code == kInterrupted) return im.failure(code, "authentication");
     if (is_connection_loss(code)) {
       if (tried.empty()) return im.failure(code, "authentication");
-      return Error(Exit::protocol, "permission denied for user " + user +
+      return Error(Exit::protocol, "permission denied for user " + user + " on " + im.where +
                                        " (tried: " + join(tried) + ", then " + what +
                                        "; the server closed the connection)");
     }
@@ -606,11 +616,7 @@ Status Session::authenticate(const std::string& user, const Credentials& cred,
     } else if (!sock || !*sock) {
       tried.push_back("agent (SSH_AUTH_SOCK is not set)");
     } else {
-      std::unique_ptr<LIBSSH2_AGENT, void (*)(LIBSSH2_AGENT*)> agent(libssh2_agent_init(im.s),
-                                                                     [](LIBSSH2_AGENT* a) {
-                                                                       libssh2_agent_disconnect(a);
-                                                                       libssh2_agent_free(a);
-                                                                     });
+      std::unique_ptr<LIBSSH2_AGENT, AgentCloser> agent(libssh2_agent_init(im.s));
       if (!agent || libssh2_agent_connect(agent.get()) != 0) {
         tried.push_back(std::string("agent (cannot connect to ") + sock + ")");
       } else if (im.drive([&] { return libssh2_agent_list_identities(agent.get()); }, deadline) !=
@@ -710,30 +716,31 @@ Status Session::authenticate(const std::string& user, const Credentials& cred,
 
 namespace {
 
-/// A session channel, freed when it goes out of scope; one whose command
-/// is still running is closed on our side and left to the session to free
-/// (see SessionState::abandon).
+/// A session channel, freed when it goes out of scope once its command has
+/// ended. Otherwise (timeout, interrupt, lost connection, an exception from
+/// a callback) it is closed on our side and left to the session to free,
+/// since OpenSSH closes a channel only when its command has exited.
 class Channel {
  public:
-  Channel(detail::SessionState& im, LIBSSH2_CHANNEL* ch) : im_(im), ch_(ch) {}
+  Channel(detail::SessionState& state, LIBSSH2_CHANNEL* ch) : state_(state), ch_(ch) {}
   Channel(const Channel&) = delete;
   Channel& operator=(const Channel&) = delete;
   ~Channel() {
-    if (abandoned_) {
-      im_.abandon(ch_);
+    if (!finished_) {
+      state_.abandon(ch_);
       return;
     }
     int rc =
-        im_.drive([&] { return libssh2_channel_free(ch_); }, Clock::now() + kCleanupTime, false);
-    if (rc == kTimedOut) im_.abandoned.push_back(ch_);
+        state_.drive([&] { return libssh2_channel_free(ch_); }, Clock::now() + kCleanupTime, false);
+    if (rc == kTimedOut) state_.abandoned.push_back(ch_);
   }
-  LIBSSH2_CHANNEL* get() const { return ch_; }
-  void abandon() { abandoned_ = true; }
+  /// The command has exited and both sides have closed the channel.
+  void finished() { finished_ = true; }
 
  private:
-  detail::SessionState& im_;
+  detail::SessionState& state_;
   LIBSSH2_CHANNEL* ch_;
-  bool abandoned_ = false;
+  bool finished_ = false;
 };
 
 }  // namespace
@@ -758,7 +765,7 @@ Result<int> Session::exec(const std::string& command,
 
   // Leaves a command we stop waiting for: the server is asked to send it
   // TERM where libssh2 can say so (1.11 and later; 1.10 refuses any channel
-  // request after exec), and the channel is closed, which also closes the
+  // request after exec), and the Channel is closed, which also closes the
   // command's stdin, stdout and stderr, so a command that writes ends with
   // SIGPIPE.
   auto abandon = [&](Error e) -> Error {
@@ -766,7 +773,6 @@ Result<int> Session::exec(const std::string& command,
     im.drive([&] { return libssh2_channel_signal_ex(raw, "TERM", 4); }, Clock::now() + kCleanupTime,
              false);
 #endif
-    channel.abandon();
     return e;
   };
   auto lost = [&](int code) -> Error {
@@ -853,6 +859,7 @@ Result<int> Session::exec(const std::string& command,
   rc = im.drive([&] { return libssh2_channel_close(raw); }, deadline);
   if (rc == 0) rc = im.drive([&] { return libssh2_channel_wait_closed(raw); }, deadline);
   if (rc != 0) return lost(rc);
+  channel.finished();
 
   char* sig = nullptr;
   size_t sig_len = 0;
@@ -889,14 +896,14 @@ Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
     if (tried_at >= deadline) break;
 
     Status st;
-    auto impl = open_once(ep, deadline);
-    if (impl) {
-      Session session(std::move(*impl));
+    auto state = open_once(ep, deadline);
+    if (state) {
+      Session session(std::move(*state));
       st = session.authenticate(ep.user, cred,
                                 std::chrono::ceil<milliseconds>(deadline - Clock::now()));
       if (st) return session.host_key();
     } else {
-      st = std::move(impl).error();
+      st = std::move(state).error();
     }
     // Tempfail and protocol errors are what a booting machine shows; the
     // rest (a missing key file, a bad host name) no wait can cure.

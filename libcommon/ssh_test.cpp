@@ -745,6 +745,20 @@ BOOST_AUTO_TEST_CASE(exec_timeout_does_not_wait_for_a_silent_command) {
   BOOST_TEST(run_remote(s, "echo still").out == "still\n");
 }
 
+BOOST_AUTO_TEST_CASE(an_exception_from_a_callback_leaves_the_session_usable) {
+  auto s = login("root", key_cred(root_key()));
+  fs::path pidfile = sshd().dir() / "throw.pid";
+  auto start = Clock::now();
+  BOOST_CHECK_THROW(
+      s.exec(
+          "echo $$ > " + pidfile.string() + "; while :; do echo tick; sleep 0.1; done",
+          [](std::string_view) { throw std::runtime_error("stop"); }, nullptr, 10s),
+      std::runtime_error);
+  BOOST_TEST(ms_since(start) < 2000);
+  BOOST_TEST(ended_within(std::stoi(slurp(pidfile)), 3s), "the remote command ended");
+  BOOST_TEST(run_remote(s, "echo still").out == "still\n");
+}
+
 BOOST_AUTO_TEST_CASE(keepalives_are_sent_while_a_command_runs) {
   // sshd logs the keepalive requests only at DEBUG level: a server of its own.
   const int port = free_port();
