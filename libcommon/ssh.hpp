@@ -83,13 +83,15 @@ class Session {
   Status authenticate(const std::string& user, const Credentials& cred,
                       std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
-  /// Runs `command` with the user's shell (stdin at its end at once), passing its stdout and stderr
-  /// to `out` and `err` chunk by chunk as they arrive; returns its exit status (128+N when a signal
-  /// N ended it). Errors: Exit::protocol (the connection was lost: the message says so),
-  /// Exit::tempfail (still running after `timeout`, 0 = no limit), Exit::interrupted (a signal
-  /// arrived). On timeout or interrupt the channel is closed, which closes
-  /// the command's stdin and output (it ends at its next write, by
-  /// SIGPIPE); with libssh2 1.11 or later it is also sent TERM.
+  /// Runs `command` with the user's shell, its stdin at its end at once,
+  /// passing its stdout and stderr to `out` and `err` chunk by chunk as they
+  /// arrive; returns its exit status (128+N when signal N ended it).
+  /// Errors: Exit::protocol (the connection was lost: the message says so),
+  /// Exit::tempfail (still running after `timeout`, 0 = no limit),
+  /// Exit::interrupted (a signal arrived). On timeout or interrupt the
+  /// channel is closed, which closes the command's stdin and output (it ends
+  /// at its next write, by SIGPIPE); with libssh2 1.11 or later it is also
+  /// sent TERM.
   Result<int> exec(const std::string& command, const std::function<void(std::string_view)>& out,
                    const std::function<void(std::string_view)>& err,
                    std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
