@@ -37,6 +37,10 @@ using namespace std::chrono_literals;
 
 /// Pause between two tries to reach a server that is not up yet.
 constexpr milliseconds kRetryEvery = 200ms;
+/// How long the first try of wait_until_ready may take, and how much longer
+/// each try after one that ran out of time.
+constexpr milliseconds kFirstTry = 600ms;
+constexpr milliseconds kTryGrowth = 600ms;
 /// How long cleanup (signalling a command, closing, disconnecting) may wait
 /// for a peer that no longer answers.
 constexpr milliseconds kCleanupTime = 1500ms;
@@ -885,6 +889,7 @@ Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
   const std::string where = where_of(ep);
   std::string last = "no try finished";
   int tries = 0;
+  int slow_tries = 0;
   for (;;) {
     if (should_stop) {
       auto st = should_stop();
@@ -895,16 +900,25 @@ Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
     const auto tried_at = Clock::now();
     if (tried_at >= deadline) break;
 
+    // One try may not take the whole deadline: qemu's user network accepts
+    // the host's connection before the guest listens and then says
+    // nothing, and a try stuck on such a connection would hide both a
+    // guest that became ready meanwhile and a guest that died (should_stop
+    // runs between tries). Slow guests get longer tries as they go.
     Status st;
-    auto state = open_once(ep, deadline);
+    const auto try_until = std::min(deadline, tried_at + kFirstTry + slow_tries * kTryGrowth);
+    auto state = open_once(ep, try_until);
     if (state) {
       Session session(std::move(*state));
+      const auto auth_until =
+          std::min(deadline, std::max(try_until, Clock::now() + kFirstTry));
       st = session.authenticate(ep.user, cred,
-                                std::chrono::ceil<milliseconds>(deadline - Clock::now()));
+                                std::chrono::ceil<milliseconds>(auth_until - Clock::now()));
       if (st) return session.host_key();
     } else {
       st = std::move(state).error();
     }
+    if (Clock::now() >= try_until) ++slow_tries;
     // Tempfail and protocol errors are what a booting machine shows; the
     // rest (a missing key file, a bad host name) no wait can cure.
     Exit code = st.error().code;
