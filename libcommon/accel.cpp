@@ -131,7 +131,13 @@ Result<Verdict> decide(const std::string& asked, const std::string& qemu_binary,
   auto start = std::chrono::steady_clock::now();
   auto tcg = probe_seconds(qemu_binary, "tcg", probe_timeout);
   if (!tcg) return tcg.error();
-  auto kvm = probe_seconds(qemu_binary, "kvm", probe_timeout);
+  // KVM is only chosen when it beats TCG, so it need not be waited for any
+  // longer than TCG took.
+  auto kvm_limit = probe_timeout;
+  if (*tcg)
+    kvm_limit = std::min(probe_timeout,
+                         std::chrono::milliseconds(static_cast<long>(**tcg * 1000) + 50));
+  auto kvm = probe_seconds(qemu_binary, "kvm", kvm_limit);
   if (!kvm) return kvm.error();
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   bool use_kvm = *kvm && (!*tcg || **kvm < **tcg);
