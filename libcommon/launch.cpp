@@ -8,6 +8,7 @@
 
 #include <boost/process.hpp>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -156,14 +157,16 @@ struct RunDirGuard {
   }
 };
 
-/// Asks qemu to end: ACPI power-down first (a clean guest shutdown), then
-/// quit, then a kill.
-void end_qemu(bp::child& qemu, const std::string& qmp_socket) {
+/// Asks qemu to end: ACPI power-down first when `graceful` (a clean guest
+/// shutdown), then quit, then a kill.
+void end_qemu(bp::child& qemu, const std::string& qmp_socket, bool graceful) {
   std::error_code ec;
   auto qmp = Qmp::connect(qmp_socket, 2s);
   if (qmp) {
-    (void)qmp->system_powerdown();
-    for (int i = 0; i < 100 && qemu.running(ec); ++i) ::usleep(100 * 1000);
+    if (graceful) {
+      (void)qmp->system_powerdown();
+      for (int i = 0; i < 100 && qemu.running(ec); ++i) ::usleep(100 * 1000);
+    }
     if (qemu.running(ec)) (void)qmp->quit();
   }
   for (int i = 0; i < 50 && qemu.running(ec); ++i) ::usleep(100 * 1000);
@@ -224,7 +227,14 @@ int supervise(Plan& plan, int report) {
   while (qemu.running(ec)) {
     bool stop = !signals::sleep_for(200ms) || std::time(nullptr) >= plan.expires;
     if (stop) {
-      end_qemu(qemu, plan.inputs.qmp_socket);
+      // SIGTERM (vm-launch --stop) and the end of the lifetime power the
+      // guest off cleanly; SIGINT (a launch that failed or was cut short)
+      // ends it at once: there is nothing in it worth a clean shutdown.
+      bool graceful = signals::received() != SIGINT;
+      // The stop request is being answered: let the shutdown's own waits
+      // (QMP) run instead of ending at once.
+      signals::clear();
+      end_qemu(qemu, plan.inputs.qmp_socket, graceful);
       break;
     }
   }
@@ -485,7 +495,7 @@ Status launch(rapidjson::Document& record, const Options& options) {
     std::string id;
     bool armed = true;
     ~Stopper() {
-      if (armed) (void)machine::stop(id, 30s);
+      if (armed) (void)machine::stop(id, 30s, machine::Shutdown::immediate);
     }
   } stopper{plan.id};
 

@@ -160,7 +160,7 @@ std::vector<Live> list() {
   return out;
 }
 
-Status stop(const std::string& id, std::chrono::milliseconds timeout) {
+Status stop(const std::string& id, std::chrono::milliseconds timeout, Shutdown how) {
   auto root = run_root();
   if (!root) return root.error();
   if (id.empty() || id.find('/') != std::string::npos || id == "ports" || id[0] == '.')
@@ -169,7 +169,7 @@ Status stop(const std::string& id, std::chrono::milliseconds timeout) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return Error(Exit::noinput, "no machine '" + id + "'");
   int sup = read_pid(dir / "supervisor.pid");
-  if (process_alive(sup, "vm-launch")) ::kill(sup, SIGTERM);
+  if (process_alive(sup, "vm-launch")) ::kill(sup, how == Shutdown::clean ? SIGTERM : SIGINT);
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (fs::exists(dir, ec)) {
     if (!process_alive(sup, "vm-launch")) {

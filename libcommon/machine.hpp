@@ -54,11 +54,17 @@ struct Live {
 /// left by a supervisor that died are removed on the way.
 std::vector<Live> list();
 
-/// Powers machine `id` off and waits until its run directory is gone:
-/// asks its supervisor (which tries ACPI power-down, then quits qemu, then
-/// kills it); if the supervisor is gone, kills qemu itself and removes the
-/// directory. Errors: Exit::noinput (no such machine), Exit::tempfail.
-Status stop(const std::string& id, std::chrono::milliseconds timeout = std::chrono::seconds(60));
+/// How a machine is ended: `clean` gives the guest an ACPI power-down
+/// first; `immediate` quits qemu at once (a launch that failed).
+enum class Shutdown { clean, immediate };
+
+/// Ends machine `id` and waits until its run directory is gone: asks its
+/// supervisor (SIGTERM for a clean shutdown: ACPI power-down, then qemu's
+/// quit, then a kill; SIGINT for an immediate one); if the supervisor is
+/// gone, kills qemu itself and removes the directory. Errors:
+/// Exit::noinput (no such machine), Exit::tempfail.
+Status stop(const std::string& id, std::chrono::milliseconds timeout = std::chrono::seconds(60),
+            Shutdown how = Shutdown::clean);
 
 /// True when process `pid` exists and its command line mentions `marker`
 /// (guards against a recycled pid).

@@ -68,6 +68,15 @@ bool sleep_for(std::chrono::milliseconds d) {
   return !interrupted();
 }
 
+void clear() {
+  g_signal.store(0);
+  if (g_pipe[0] >= 0) {
+    char buf[64];
+    while (::read(g_pipe[0], buf, sizeof buf) > 0) {
+    }
+  }
+}
+
 void reset_after_fork() {
   g_signal.store(0);
   for (int& fd : g_pipe) {

@@ -27,6 +27,9 @@ int received();
 int wake_fd();
 /// Sleeps up to `d`, returning early (false) when interrupted.
 bool sleep_for(std::chrono::milliseconds d);
+/// Forgets the signal that arrived, for a process that answers it by
+/// shutting down and needs interruptible waits to work while it does.
+void clear();
 /// In a child made by fork(): forget a signal the parent saw and give the
 /// child its own wake pipe (the parent's would wake both).
 void reset_after_fork();
