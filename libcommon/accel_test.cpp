@@ -1,6 +1,8 @@
 #define BOOST_TEST_MODULE accel
 #include <boost/test/unit_test.hpp>
 
+#include "test_support.hpp"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -13,14 +15,7 @@ using namespace kiln;
 namespace fs = std::filesystem;
 
 namespace {
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "kiln-accel-XXXXXX").string();
-    path = ::mkdtemp(t.data());
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+using kiln::testing::TempDir;
 bool kvm_opens() {
   int fd = ::open("/dev/kvm", O_RDWR);
   if (fd < 0) return false;

@@ -1,6 +1,8 @@
 #define BOOST_TEST_MODULE atomic_file
 #include <boost/test/unit_test.hpp>
 
+#include "test_support.hpp"
+
 #include <filesystem>
 
 #include "atomic_file.hpp"
@@ -9,17 +11,11 @@ using namespace kiln;
 namespace fs = std::filesystem;
 
 namespace {
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string t = (fs::temp_directory_path() / "kiln-atomic-XXXXXX").string();
-    path = ::mkdtemp(t.data());
-  }
-  ~TempDir() { fs::remove_all(path); }
-  size_t entries() const {
-    return static_cast<size_t>(std::distance(fs::directory_iterator(path), {}));
-  }
-};
+using kiln::testing::TempDir;
+
+size_t entries(const TempDir& d) {
+  return static_cast<size_t>(std::distance(fs::directory_iterator(d.path), {}));
+}
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(appears_only_on_commit) {
@@ -29,7 +25,7 @@ BOOST_AUTO_TEST_CASE(appears_only_on_commit) {
   BOOST_REQUIRE(f.ok());
   BOOST_REQUIRE(f->write("hello").ok());
   BOOST_TEST(!fs::exists(target));
-  BOOST_TEST(d.entries() == 1u);
+  BOOST_TEST(entries(d) == 1u);
   BOOST_REQUIRE(f->commit().ok());
   BOOST_TEST(fs::exists(target));
   BOOST_TEST(*read_file(target) == "hello");
@@ -44,7 +40,7 @@ BOOST_AUTO_TEST_CASE(abandoned_file_leaves_nothing) {
     BOOST_REQUIRE(f.ok());
     BOOST_REQUIRE(f->write("partial").ok());
   }
-  BOOST_TEST(d.entries() == 0u);
+  BOOST_TEST(entries(d) == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(replaces_existing_target_whole) {
@@ -53,7 +49,7 @@ BOOST_AUTO_TEST_CASE(replaces_existing_target_whole) {
   BOOST_REQUIRE(write_file_atomically(target, "old").ok());
   BOOST_REQUIRE(write_file_atomically(target, "new contents").ok());
   BOOST_TEST(*read_file(target) == "new contents");
-  BOOST_TEST(d.entries() == 1u);
+  BOOST_TEST(entries(d) == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(errors_name_the_file) {

@@ -13,6 +13,8 @@
 #include <boost/process/extend.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include "test_support.hpp"
+
 #include <cstdlib>
 #include <chrono>
 #include <filesystem>
@@ -29,18 +31,7 @@ namespace bp = boost::process;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "kiln-iso-XXXXXX").string();
-    BOOST_REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using kiln::testing::TempDir;
 
 void write(const fs::path& p, const std::string& text) {
   fs::create_directories(p.parent_path());

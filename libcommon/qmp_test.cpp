@@ -12,6 +12,8 @@
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 #include <boost/test/unit_test.hpp>
+
+#include "test_support.hpp"
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -29,18 +31,7 @@ namespace bp = boost::process;
 namespace {
 
 /// A temporary directory, removed with everything in it.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = "/tmp/kiln-qmp-XXXXXX";
-    BOOST_REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using kiln::testing::TempDir;
 
 /// qemu without a guest, paused (-S), with its QMP socket in a temporary
 /// directory. The destructor ends it (SIGTERM, then SIGKILL) and reaps it;
