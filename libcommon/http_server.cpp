@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "http_server.hpp"
+#include "text.hpp"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -135,32 +136,6 @@ std::string url_escape(std::string_view s) {
       out += '%';
       out += hex[c >> 4];
       out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
-std::string html_escape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '&':
-        out += "&amp;";
-        break;
-      case '"':
-        out += "&#34;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
     }
   }
   return out;
@@ -478,7 +453,7 @@ class Loop {
       if (!trailing_slash) {
         std::string loc = url_escape(base) + "/";
         return text_response(c, 301, "Location: " + loc + "\r\n", "text/html; charset=utf-8",
-                             "<a href=\"" + html_escape(loc) + "\">Moved Permanently</a>.\n\n",
+                             "<a href=\"" + text::html_escape(loc) + "\">Moved Permanently</a>.\n\n",
                              head_only);
       }
       std::string index = fs_path + "/index.html";
@@ -492,7 +467,7 @@ class Loop {
     if (trailing_slash) {
       std::string loc = "../" + url_escape(base);
       return text_response(c, 301, "Location: " + loc + "\r\n", "text/html; charset=utf-8",
-                           "<a href=\"" + html_escape(loc) + "\">Moved Permanently</a>.\n\n",
+                           "<a href=\"" + text::html_escape(loc) + "\">Moved Permanently</a>.\n\n",
                            head_only);
     }
     // Served in blocking mode by sendfile on a non-blocking socket.
@@ -533,7 +508,7 @@ class Loop {
     std::sort(names.begin(), names.end());
     std::string body = "<pre>\n";
     for (const auto& n : names)
-      body += "<a href=\"" + html_escape(url_escape(n)) + "\">" + html_escape(n) + "</a>\n";
+      body += "<a href=\"" + text::html_escape(url_escape(n)) + "\">" + text::html_escape(n) + "</a>\n";
     body += "</pre>\n";
     text_response(c, 200, "", "text/html; charset=utf-8", body, head_only);
   }

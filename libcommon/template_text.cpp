@@ -10,6 +10,8 @@
 
 #include "template_text.hpp"
 
+#include "text.hpp"
+
 #include <locale.h>
 #include <wctype.h>
 
@@ -1758,36 +1760,6 @@ std::optional<std::string> go_sprintf(std::string_view format,
   return out;
 }
 
-// template.HTMLEscapeString.
-std::string go_html_escape(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '\0':
-        out += "\xEF\xBF\xBD";
-        break;
-      case '"':
-        out += "&#34;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
-
 // template.JSEscapeString.
 std::string go_js_escape(std::string_view s) {
   std::string out;
@@ -2255,7 +2227,7 @@ class Renderer {
             (a.size() == 1 && std::holds_alternative<std::string>(a[0]))
                 ? str(a[0])
                 : go_sprint(a);
-        if (f.fn == Fn::kHtml) return Value(go_html_escape(s));
+        if (f.fn == Fn::kHtml) return Value(text::html_escape(s));
         if (f.fn == Fn::kJs) return Value(go_js_escape(s));
         return Value(go_query_escape(s));
       }

@@ -31,6 +31,10 @@ std::string join(const std::vector<std::string>& items, std::string_view sep);
 bool starts_with(std::string_view s, std::string_view affix);
 bool ends_with(std::string_view s, std::string_view affix);
 
+/// Escapes text for HTML as Go's template.HTMLEscapeString does: < > & ' "
+/// become entities and NUL becomes U+FFFD.
+std::string html_escape(std::string_view s);
+
 /// ASCII case-insensitive equality.
 bool iequals(std::string_view a, std::string_view b);
 
