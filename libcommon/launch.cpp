@@ -489,7 +489,9 @@ Status launch(rapidjson::Document& record, const Options& options) {
   auto run = start_supervisor(plan);
   if (!run) return run.error();
   guard.released = true;  // the supervisor owns the directory now
-  auto [qemu_pid, http_port] = *run;
+  // Plain names: clang 14 cannot capture structured bindings in lambdas.
+  const int qemu_pid = run->first;
+  const int http_port = run->second;
   // From here on a failure must stop the machine.
   struct Stopper {
     std::string id;
