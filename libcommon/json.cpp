@@ -330,6 +330,32 @@ void for_each_string(Value& v, const std::string& pointer,
   }
 }
 
+std::string string_or(const Value& obj, const char* key, const std::string& fallback) {
+  auto it = obj.FindMember(key);
+  return it != obj.MemberEnd() && it->value.IsString()
+             ? std::string(it->value.GetString(), it->value.GetStringLength())
+             : fallback;
+}
+
+double number_or(const Value& obj, const char* key, double fallback) {
+  auto it = obj.FindMember(key);
+  return it != obj.MemberEnd() && it->value.IsNumber() ? it->value.GetDouble() : fallback;
+}
+
+bool bool_or(const Value& obj, const char* key, bool fallback) {
+  auto it = obj.FindMember(key);
+  return it != obj.MemberEnd() && it->value.IsBool() ? it->value.GetBool() : fallback;
+}
+
+std::vector<std::string> strings_of(const Value& obj, const char* key) {
+  std::vector<std::string> out;
+  auto it = obj.FindMember(key);
+  if (it != obj.MemberEnd() && it->value.IsArray())
+    for (const auto& v : it->value.GetArray())
+      if (v.IsString()) out.emplace_back(v.GetString(), v.GetStringLength());
+  return out;
+}
+
 const char* type_name(const Value& v) {
   switch (v.GetType()) {
     case rapidjson::kNullType: return "null";

@@ -74,6 +74,15 @@ std::string child(const std::string& pointer, size_t index);
 void for_each_string(Value& value, const std::string& pointer,
                      const std::function<void(Value&, const std::string&)>& visit);
 
+/// Typed reads of an object's member, with a fallback when the member is
+/// missing or of another type (the record's settings are already
+/// normalized; these only spare every caller the FindMember dance).
+std::string string_or(const Value& obj, const char* key, const std::string& fallback = {});
+double number_or(const Value& obj, const char* key, double fallback);
+bool bool_or(const Value& obj, const char* key, bool fallback = false);
+/// The string elements of an array member ({} when missing).
+std::vector<std::string> strings_of(const Value& obj, const char* key);
+
 /// A short description of a value's JSON type: "string", "object"...
 const char* type_name(const Value& value);
 

@@ -47,27 +47,10 @@ std::string default_cache_dir() {
 
 namespace {
 
-std::string str(const Value& b, const char* key, const std::string& fallback = {}) {
-  auto it = b.FindMember(key);
-  return it != b.MemberEnd() && it->value.IsString() ? std::string(it->value.GetString())
-                                                     : fallback;
-}
-double num(const Value& b, const char* key, double fallback) {
-  auto it = b.FindMember(key);
-  return it != b.MemberEnd() && it->value.IsNumber() ? it->value.GetDouble() : fallback;
-}
-bool flag(const Value& b, const char* key) {
-  auto it = b.FindMember(key);
-  return it != b.MemberEnd() && it->value.IsBool() && it->value.GetBool();
-}
-std::vector<std::string> strings(const Value& b, const char* key) {
-  std::vector<std::string> out;
-  auto it = b.FindMember(key);
-  if (it != b.MemberEnd() && it->value.IsArray())
-    for (const auto& v : it->value.GetArray())
-      if (v.IsString()) out.emplace_back(v.GetString());
-  return out;
-}
+using json::bool_or;
+using json::number_or;
+using json::string_or;
+using json::strings_of;
 
 /// The last `lines` lines of a file, for error messages.
 std::string tail(const fs::path& file, size_t lines = 15) {
@@ -119,8 +102,8 @@ Result<ImageInfo> image_info(const std::string& path) {
   if (!json::parse(out->out, d) || !d.IsObject())
     return Error(Exit::software, "qemu-img info gave no JSON for " + path);
   ImageInfo info;
-  info.format = str(d, "format", "raw");
-  info.virtual_size = static_cast<uint64_t>(num(d, "virtual-size", 0));
+  info.format = string_or(d, "format", "raw");
+  info.virtual_size = static_cast<uint64_t>(number_or(d, "virtual-size", 0));
   return info;
 }
 
@@ -311,7 +294,7 @@ std::string sanitize(const std::string& name) {
 }
 
 Result<std::string> verify_iso(const Value& b) {
-  std::vector<std::string> urls = strings(b, "iso_urls");
+  std::vector<std::string> urls = strings_of(b, "iso_urls");
   std::string path;
   for (const std::string& u : urls) {
     std::string p = local_path(u);
@@ -329,7 +312,7 @@ Result<std::string> verify_iso(const Value& b) {
                           "give a local path or file:// URL"
                         : "no file at " + text::join(urls, ", "));
   }
-  std::string sum = str(b, "iso_checksum", "none");
+  std::string sum = string_or(b, "iso_checksum", "none");
   if (sum != "none") {
     auto colon = sum.find(':');
     std::string type = colon == std::string::npos ? "sha256" : sum.substr(0, colon);
@@ -352,16 +335,16 @@ Status launch(rapidjson::Document& record, const Options& options) {
   auto& a = record.GetAllocator();
   const Value& build = record["build"];
   const Value& b = build["builder"];
-  const std::string type = str(build, "type");
-  const std::string name = str(build, "name");
-  const std::string communicator = str(b, "communicator", "ssh");
+  const std::string type = string_or(build, "type");
+  const std::string name = string_or(build, "name");
+  const std::string communicator = string_or(b, "communicator", "ssh");
 
   ssh::Credentials cred;
-  cred.private_key_file = str(b, "ssh_private_key_file");
-  cred.password = str(b, "ssh_password");
-  cred.agent = flag(b, "ssh_agent_auth");
-  const std::string user = str(b, "ssh_username");
-  const auto ssh_timeout = std::chrono::milliseconds(static_cast<long>(num(b, "ssh_timeout", 300) * 1000));
+  cred.private_key_file = string_or(b, "ssh_private_key_file");
+  cred.password = string_or(b, "ssh_password");
+  cred.agent = bool_or(b, "ssh_agent_auth");
+  const std::string user = string_or(b, "ssh_username");
+  const auto ssh_timeout = std::chrono::milliseconds(static_cast<long>(number_or(b, "ssh_timeout", 300) * 1000));
 
   Value machine(rapidjson::kObjectType);
   auto put = [&](Value& obj, const char* key, const std::string& v) {
@@ -369,8 +352,8 @@ Status launch(rapidjson::Document& record, const Options& options) {
   };
 
   if (type == "null") {
-    std::string host = str(b, "ssh_host");
-    int port = static_cast<int>(num(b, "ssh_port", 22));
+    std::string host = string_or(b, "ssh_host");
+    int port = static_cast<int>(number_or(b, "ssh_port", 22));
     put(machine, "id", "null-" + sanitize(name));
     put(machine, "driver", "null");
     Value comm(rapidjson::kObjectType);
@@ -397,12 +380,12 @@ Status launch(rapidjson::Document& record, const Options& options) {
   if (auto errs = qemu::unsupported(b); !errs.empty()) return errs.front();
 
   Plan plan;
-  plan.qemu_binary = str(b, "qemu_binary", "qemu-system-x86_64");
+  plan.qemu_binary = string_or(b, "qemu_binary", "qemu-system-x86_64");
   auto exe = process::find_program(plan.qemu_binary);
   if (!exe) return exe.error();
   plan.qemu_binary = *exe;
 
-  auto accel = accel::decide(str(b, "accelerator", "auto"), plan.qemu_binary,
+  auto accel = accel::decide(string_or(b, "accelerator", "auto"), plan.qemu_binary,
                              options.cache_dir + "/accel");
   if (!accel) return accel.error();
   progress("accelerator " + accel->accelerator + " (" + accel->reason + ")");
@@ -417,15 +400,15 @@ Status launch(rapidjson::Document& record, const Options& options) {
   ::chmod(plan.run_dir.c_str(), 0700);
   RunDirGuard guard{plan.run_dir};
 
-  auto port = machine::PortLock::acquire(static_cast<int>(num(b, "host_port_min", 2222)),
-                                         static_cast<int>(num(b, "host_port_max", 4444)));
+  auto port = machine::PortLock::acquire(static_cast<int>(number_or(b, "host_port_min", 2222)),
+                                         static_cast<int>(number_or(b, "host_port_max", 4444)));
   if (!port) return port.error();
 
   // The disk: always an overlay, so the base image is never written.
   fs::path disk = plan.run_dir / "disk.qcow2";
-  uint64_t want = static_cast<uint64_t>(num(b, "disk_size", 40960)) * 1024 * 1024;
+  uint64_t want = static_cast<uint64_t>(number_or(b, "disk_size", 40960)) * 1024 * 1024;
   std::string base;
-  if (flag(b, "disk_image")) {
+  if (bool_or(b, "disk_image")) {
     auto iso = verify_iso(b);
     if (!iso) return iso.error();
     base = fs::absolute(*iso).string();
@@ -433,7 +416,7 @@ Status launch(rapidjson::Document& record, const Options& options) {
     if (!info) return info.error();
     std::vector<std::string> args = {"create", "-q", "-f", "qcow2", "-F", info->format, "-b", base,
                                      disk.string()};
-    if (want > info->virtual_size && !flag(b, "skip_resize_disk")) args.push_back(std::to_string(want));
+    if (want > info->virtual_size && !bool_or(b, "skip_resize_disk")) args.push_back(std::to_string(want));
     if (auto st = qemu_img(args); !st) return st;
   } else {
     auto iso = verify_iso(b);
@@ -449,7 +432,7 @@ Status launch(rapidjson::Document& record, const Options& options) {
     auto pub = ssh::generate_ed25519((plan.run_dir / "id_ed25519").string(), "kiln-" + plan.id);
     if (!pub) return pub.error();
     cred.private_key_file = (plan.run_dir / "id_ed25519").string();
-    if (flag(b, "cloud_init")) {
+    if (bool_or(b, "cloud_init")) {
       std::string meta = "instance-id: " + plan.id + "\nlocal-hostname: " + sanitize(name) + "\n";
       std::string userdata = "#cloud-config\nssh_authorized_keys:\n  - " + *pub + "\n";
       fs::path seed = plan.run_dir / "seed.iso";
@@ -458,13 +441,13 @@ Status launch(rapidjson::Document& record, const Options& options) {
     }
   }
   std::vector<IsoEntry> cd;
-  for (const std::string& f : strings(b, "cd_files")) cd.push_back(IsoEntry::host(f));
+  for (const std::string& f : strings_of(b, "cd_files")) cd.push_back(IsoEntry::host(f));
   if (auto c = b.FindMember("cd_content"); c != b.MemberEnd() && c->value.IsObject())
     for (auto m = c->value.MemberBegin(); m != c->value.MemberEnd(); ++m)
       if (m->value.IsString()) cd.push_back(IsoEntry::text(m->name.GetString(), m->value.GetString()));
   if (!cd.empty()) {
     fs::path iso = plan.run_dir / "cd.iso";
-    if (auto st = write_iso(iso.string(), str(b, "cd_label"), cd); !st) return st;
+    if (auto st = write_iso(iso.string(), string_or(b, "cd_label"), cd); !st) return st;
     plan.inputs.cdroms.push_back(iso.string());
   }
 
@@ -474,14 +457,14 @@ Status launch(rapidjson::Document& record, const Options& options) {
   plan.inputs.ssh_host_port = port->port();
   plan.inputs.qmp_socket = (plan.run_dir / "qmp.sock").string();
   plan.inputs.serial_log = (plan.run_dir / "serial.log").string();
-  plan.inputs.display = !flag(b, "headless") && std::getenv("DISPLAY");
-  plan.http_directory = str(b, "http_directory");
+  plan.inputs.display = !bool_or(b, "headless") && std::getenv("DISPLAY");
+  plan.http_directory = string_or(b, "http_directory");
   if (auto c = b.FindMember("http_content"); c != b.MemberEnd() && c->value.IsObject())
     for (auto m = c->value.MemberBegin(); m != c->value.MemberEnd(); ++m)
       if (m->value.IsString()) plan.http_content[m->name.GetString()] = m->value.GetString();
-  plan.http_bind = str(b, "http_bind_address", "0.0.0.0");
-  plan.http_min = static_cast<int>(num(b, "http_port_min", 8000));
-  plan.http_max = static_cast<int>(num(b, "http_port_max", 9000));
+  plan.http_bind = string_or(b, "http_bind_address", "0.0.0.0");
+  plan.http_min = static_cast<int>(number_or(b, "http_port_min", 8000));
+  plan.http_max = static_cast<int>(number_or(b, "http_port_max", 9000));
   long started = static_cast<long>(std::time(nullptr));
   plan.expires = started + static_cast<long>(options.max_lifetime.count());
 
@@ -515,8 +498,8 @@ Status launch(rapidjson::Document& record, const Options& options) {
     return {};
   };
 
-  std::vector<std::string> boot = strings(b, "boot_command");
-  double boot_wait = num(b, "boot_wait", 10);
+  std::vector<std::string> boot = strings_of(b, "boot_command");
+  double boot_wait = number_or(b, "boot_wait", 10);
   if (!boot.empty()) {
     progress("waiting " + std::to_string(static_cast<int>(boot_wait)) + " s (boot_wait)");
     auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long>(boot_wait * 1000));
@@ -527,9 +510,9 @@ Status launch(rapidjson::Document& record, const Options& options) {
     tmpl::Context ctx;
     ctx.fields = {{"HTTPIP", plan.inputs.http_ip},
                   {"HTTPPort", std::to_string(http_port)},
-                  {"Name", str(b, "vm_name")},
+                  {"Name", string_or(b, "vm_name")},
                   {"SSHHostPort", std::to_string(port->port())},
-                  {"OutputDir", str(b, "output_directory")}};
+                  {"OutputDir", string_or(b, "output_directory")}};
     std::vector<std::string> rendered;
     for (const std::string& line : boot) {
       auto r = tmpl::render(line, ctx);
@@ -541,7 +524,7 @@ Status launch(rapidjson::Document& record, const Options& options) {
     auto qmp = Qmp::connect(plan.inputs.qmp_socket, 10s);
     if (!qmp) return qmp.error();
     progress("typing the boot command");
-    auto interval = std::chrono::milliseconds(static_cast<long>(num(b, "boot_key_interval", 0.1) * 1000));
+    auto interval = std::chrono::milliseconds(static_cast<long>(number_or(b, "boot_key_interval", 0.1) * 1000));
     if (interval.count() <= 0) interval = 100ms;
     if (auto st = boot_command::type(*qmp, *steps, interval, check_alive); !st) return st;
   }
@@ -585,7 +568,7 @@ Status launch(rapidjson::Document& record, const Options& options) {
   Value d(rapidjson::kObjectType);
   put(d, "path", disk.string());
   put(d, "format", "qcow2");
-  put(d, "interface", str(b, "disk_interface", "virtio"));
+  put(d, "interface", string_or(b, "disk_interface", "virtio"));
   if (!base.empty()) put(d, "base", base);
   disks.PushBack(d, a);
   machine.AddMember("disks", disks, a);

@@ -116,18 +116,11 @@ std::optional<Live> describe(const fs::path& dir) {
   Live m;
   m.id = dir.filename().string();
   m.run_dir = dir.string();
-  auto s = [&](const char* k) {
-    auto it = d.FindMember(k);
-    return it != d.MemberEnd() && it->value.IsString() ? std::string(it->value.GetString())
-                                                       : std::string();
+  auto n = [](const json::Value& o, const char* k) {
+    return static_cast<long>(json::number_or(o, k, 0));
   };
-  auto n = [&](const json::Value& o, const char* k) -> long {
-    auto it = o.FindMember(k);
-    return it != o.MemberEnd() && it->value.IsNumber() ? static_cast<long>(it->value.GetDouble())
-                                                       : 0;
-  };
-  m.build = s("build");
-  m.accelerator = s("accelerator");
+  m.build = json::string_or(d, "build");
+  m.accelerator = json::string_or(d, "accelerator");
   m.supervisor_pid = static_cast<int>(n(d, "supervisor_pid"));
   m.qemu_pid = static_cast<int>(n(d, "pid"));
   m.started = n(d, "started");

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <map>
 
+#include "json.hpp"
 #include "template_text.hpp"
 
 namespace kiln::qemu {
@@ -12,16 +13,11 @@ namespace {
 
 using rapidjson::Value;
 
-std::string str(const Value& b, const char* key, const std::string& fallback = {}) {
-  auto it = b.FindMember(key);
-  if (it == b.MemberEnd() || !it->value.IsString()) return fallback;
-  return it->value.GetString();
-}
+using json::string_or;
 
-long num(const Value& b, const char* key, long fallback) {
-  auto it = b.FindMember(key);
-  if (it == b.MemberEnd() || !it->value.IsNumber()) return fallback;
-  return static_cast<long>(it->value.GetDouble());
+/// A number setting as an integer (memory, cpus, ports are whole numbers).
+long whole(const Value& b, const char* key, long fallback) {
+  return static_cast<long>(json::number_or(b, key, static_cast<double>(fallback)));
 }
 
 /// One switch and the values it is given, in order ("-device" may repeat).
@@ -45,21 +41,21 @@ void add(std::vector<Switch>& list, const std::string& name,
 
 Result<std::vector<std::string>> command_line(const Value& b, const Inputs& in) {
   std::vector<Switch> defaults;
-  const std::string name = str(b, "vm_name", "packer");
+  const std::string name = string_or(b, "vm_name", "packer");
   add(defaults, "-name", {name});
   add(defaults, "-machine",
-      {"type=" + str(b, "machine_type", "pc") + ",accel=" + in.accelerator});
-  int ssh_port = static_cast<int>(num(b, "ssh_port", 22));
+      {"type=" + string_or(b, "machine_type", "pc") + ",accel=" + in.accelerator});
+  int ssh_port = static_cast<int>(whole(b, "ssh_port", 22));
   std::string netdev = "user,id=user.0";
   if (in.ssh_host_port > 0)
     netdev += ",hostfwd=tcp:127.0.0.1:" + std::to_string(in.ssh_host_port) +
               "-:" + std::to_string(ssh_port);
   add(defaults, "-netdev", {netdev});
-  add(defaults, "-device", {str(b, "net_device", "virtio-net") + ",netdev=user.0"});
-  std::string drive = "file=" + in.disk + ",if=" + str(b, "disk_interface", "virtio") +
-                      ",cache=" + str(b, "disk_cache", "writeback") +
-                      ",discard=" + str(b, "disk_discard", "ignore") +
-                      ",detect-zeroes=" + str(b, "disk_detect_zeroes", "off") +
+  add(defaults, "-device", {string_or(b, "net_device", "virtio-net") + ",netdev=user.0"});
+  std::string drive = "file=" + in.disk + ",if=" + string_or(b, "disk_interface", "virtio") +
+                      ",cache=" + string_or(b, "disk_cache", "writeback") +
+                      ",discard=" + string_or(b, "disk_discard", "ignore") +
+                      ",detect-zeroes=" + string_or(b, "disk_detect_zeroes", "off") +
                       ",format=qcow2";
   add(defaults, "-drive", {drive});
   for (const std::string& cd : in.cdroms)
@@ -70,8 +66,8 @@ Result<std::vector<std::string>> command_line(const Value& b, const Inputs& in) 
   } else {
     add(defaults, "-boot", {"c"});
   }
-  add(defaults, "-m", {std::to_string(num(b, "memory", 512)) + "M"});
-  long cpus = num(b, "cpus", 1);
+  add(defaults, "-m", {std::to_string(whole(b, "memory", 512)) + "M"});
+  long cpus = whole(b, "cpus", 1);
   add(defaults, "-smp", {std::to_string(cpus)});
   if (!in.display) add(defaults, "-display", {"none"});
   add(defaults, "-qmp", {"unix:" + in.qmp_socket + ",server=on,wait=off"});
@@ -84,7 +80,7 @@ Result<std::vector<std::string>> command_line(const Value& b, const Inputs& in) 
   ctx.fields = {{"HTTPIP", in.http_ip},
                 {"HTTPPort", std::to_string(in.http_port)},
                 {"SSHHostPort", std::to_string(in.ssh_host_port)},
-                {"OutputDir", str(b, "output_directory")},
+                {"OutputDir", string_or(b, "output_directory")},
                 {"Name", name}};
   if (auto q = b.FindMember("qemuargs"); q != b.MemberEnd() && q->value.IsArray()) {
     for (rapidjson::SizeType i = 0; i < q->value.Size(); ++i) {
@@ -153,7 +149,7 @@ Errors unsupported(const Value& b) {
     e.where.pointer = std::string("/build/builder/") + key;
     out.push_back(std::move(e));
   }
-  std::string comm = str(b, "communicator", "ssh");
+  std::string comm = string_or(b, "communicator", "ssh");
   if (comm != "ssh" && comm != "none") {
     Error e(Exit::config, "the communicator \"" + comm + "\" is not supported by kiln yet");
     e.where.pointer = "/build/builder/communicator";
