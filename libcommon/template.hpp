@@ -12,6 +12,7 @@
 
 #include <rapidjson/document.h>
 
+#include "json.hpp"
 #include "result.hpp"
 
 namespace kiln::templates {
@@ -52,8 +53,8 @@ struct Outcome {
   /// Exit::dataerr for a bad template, Exit::noinput when it (or a var
   /// file) cannot be read; meaningful only when errors is non-empty.
   Exit exit = Exit::ok;
-  /// The text of each file read, for quoting lines in messages.
-  std::vector<std::pair<std::string, std::string>> sources;
+  /// Each file read, indexed by line, for quoting lines in messages.
+  std::vector<json::SourceMap> sources;
 };
 
 /// Loads, checks and normalizes a template. Never throws; every problem

@@ -89,9 +89,8 @@ void report(log::Logger& log, const Error& e, const templates::Outcome& out,
             log::Level level) {
   log.report(e, level);
   if (log.format() != log::Format::human || e.where.line < 1 || !log.enabled(level)) return;
-  for (const auto& [name, text] : out.sources) {
-    if (name != e.where.file) continue;
-    json::SourceMap map(name, text);
+  for (const json::SourceMap& map : out.sources) {
+    if (map.name() != e.where.file) continue;
     std::fprintf(stderr, "%s\n", log.redact(json::quote_line(map, e.where)).c_str());
     return;
   }
