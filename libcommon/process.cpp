@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: MIT
 #include "process.hpp"
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/process.hpp>
+#include <boost/process/extend.hpp>
+#include <array>
 #include <future>
 
 #include "signals.hpp"
@@ -93,6 +96,91 @@ Result<Output> run(const Command& cmd, std::chrono::milliseconds timeout) {
   else
     result.exit_code = child.exit_code();
   return result;
+}
+
+namespace {
+
+/// Puts the child in a process group of its own, so the group can be
+/// ended as a whole and a terminal's Ctrl-C reaches only the tool.
+struct OwnProcessGroup : bp::extend::handler {
+  template <class Executor>
+  void on_exec_setup(Executor&) const {
+    ::setpgid(0, 0);
+  }
+};
+
+/// Reads a pipe chunk by chunk into `sink` until its end.
+void pump(bp::async_pipe& pipe, std::array<char, 65536>& buf, const Sink& sink) {
+  pipe.async_read_some(boost::asio::buffer(buf),
+                       [&pipe, &buf, &sink](const boost::system::error_code& ec, size_t n) {
+                         if (n > 0 && sink) sink(std::string_view(buf.data(), n));
+                         if (!ec) pump(pipe, buf, sink);
+                       });
+}
+
+}  // namespace
+
+Result<int> run_streaming(const Command& cmd, const Sink& out, const Sink& err,
+                          std::chrono::milliseconds timeout) {
+  auto exe = find_program(cmd.program);
+  if (!exe) return exe.error();
+
+  boost::asio::io_context io;
+  bp::async_pipe out_pipe(io), err_pipe(io), in_pipe(io);
+  bp::environment child_env = boost::this_process::environment();
+  for (const auto& [k, v] : cmd.env) child_env[k] = v;
+
+  bp::child child;
+  std::error_code ec;
+  try {
+    std::string cwd = cmd.cwd.empty() ? std::string(".") : cmd.cwd;
+    if (cmd.input)
+      child = bp::child(*exe, bp::args(cmd.args), bp::std_out > out_pipe, bp::std_err > err_pipe,
+                        bp::std_in < in_pipe, child_env, bp::start_dir(cwd), OwnProcessGroup{}, ec);
+    else
+      child = bp::child(*exe, bp::args(cmd.args), bp::std_out > out_pipe, bp::std_err > err_pipe,
+                        bp::std_in < bp::null, child_env, bp::start_dir(cwd), OwnProcessGroup{},
+                        ec);
+  } catch (const std::exception& e) {
+    return Error(Exit::software, "cannot start " + cmd.program + ": " + e.what());
+  }
+  if (ec) return Error(Exit::software, "cannot start " + cmd.program + ": " + ec.message());
+  const pid_t group = child.id();
+
+  if (cmd.input)
+    boost::asio::async_write(in_pipe, boost::asio::buffer(*cmd.input),
+                             [&](const boost::system::error_code&, size_t) { in_pipe.close(); });
+  std::array<char, 65536> out_buf, err_buf;
+  pump(out_pipe, out_buf, out);
+  pump(err_pipe, err_buf, err);
+
+  const auto start = std::chrono::steady_clock::now();
+  std::optional<Error> failure;
+  // Both pipes at their end: the group's last writer is gone.
+  while (!io.stopped()) {
+    io.run_for(std::chrono::milliseconds(50));
+    if (signals::interrupted())
+      failure = Error(Exit::interrupted, cmd.program + " interrupted");
+    else if (timeout.count() > 0 && std::chrono::steady_clock::now() - start > timeout)
+      failure = Error(Exit::tempfail, cmd.program + " did not finish within " +
+                                          std::to_string(timeout.count() / 1000) + " s");
+    if (failure) break;
+  }
+  if (failure) {
+    ::kill(-group, SIGTERM);
+    const auto term_at = std::chrono::steady_clock::now();
+    // The group's members close the pipes as they die; past two seconds
+    // whatever is left is killed.
+    while (!io.stopped() && std::chrono::steady_clock::now() - term_at < std::chrono::seconds(2))
+      io.run_for(std::chrono::milliseconds(50));
+    ::kill(-group, SIGKILL);
+    child.wait(ec);
+    return *failure;
+  }
+  child.wait(ec);
+  int native = child.native_exit_code();
+  if (WIFSIGNALED(native)) return 128 + WTERMSIG(native);
+  return child.exit_code();
 }
 
 }  // namespace kiln::process

@@ -5,9 +5,11 @@
 /// and the child ended when the tool is interrupted.
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "result.hpp"
@@ -39,5 +41,16 @@ Result<std::string> find_program(const std::string& name);
 /// terminated first), Exit::software (could not start).
 Result<Output> run(const Command& cmd,
                    std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+
+/// Receives a child's output chunk by chunk, as it arrives.
+using Sink = std::function<void(std::string_view)>;
+
+/// Runs `cmd` in its own process group, passing its stdout and stderr to
+/// `out` and `err` as they arrive (for live logs of long commands); returns
+/// its exit code (128+N when ended by signal N). On timeout or interrupt the
+/// whole group gets SIGTERM, then SIGKILL two seconds later, and is waited
+/// for, so a script's own children do not outlive it. Errors as run().
+Result<int> run_streaming(const Command& cmd, const Sink& out, const Sink& err,
+                          std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
 
 }  // namespace kiln::process

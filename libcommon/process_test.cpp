@@ -2,9 +2,14 @@
 #include <boost/test/unit_test.hpp>
 
 #include <csignal>
+#include <fstream>
+#include <thread>
+#include <vector>
+#include <signal.h>
 
 #include "process.hpp"
 #include "signals.hpp"
+#include "test_support.hpp"
 
 using namespace kiln;
 using namespace std::chrono_literals;
@@ -56,4 +61,47 @@ BOOST_AUTO_TEST_CASE(signal_terminates_the_child) {
   auto r = process::run({"sleep", {"30"}, {}, {}, {}});
   BOOST_REQUIRE(!r.ok());
   BOOST_TEST(r.error().code == Exit::interrupted);
+  signals::clear();
+}
+
+BOOST_AUTO_TEST_CASE(streaming_passes_output_as_it_arrives) {
+  std::string out, err;
+  std::vector<std::chrono::steady_clock::time_point> seen;
+  auto r = process::run_streaming(
+      {"sh", {"-c", "echo one; sleep 0.3; echo two; echo bad >&2; exit 4"}, {}, {}, {}},
+      [&](std::string_view s) {
+        out += s;
+        seen.push_back(std::chrono::steady_clock::now());
+      },
+      [&](std::string_view s) { err += s; });
+  BOOST_REQUIRE(r.ok());
+  BOOST_TEST(*r == 4);
+  BOOST_TEST(out == "one\ntwo\n");
+  BOOST_TEST(err == "bad\n");
+  // "one" arrived before "two" was written, not at the end.
+  BOOST_REQUIRE(seen.size() == 2u);
+  BOOST_TEST((seen[1] - seen[0] > 200ms));
+}
+
+BOOST_AUTO_TEST_CASE(streaming_timeout_ends_the_whole_group) {
+  kiln::testing::TempDir dir;
+  std::string pidfile = (dir.path / "pid").string();
+  auto r = process::run_streaming(
+      {"sh", {"-c", "sleep 30 & echo $! > " + pidfile + "; wait"}, {}, {}, {}}, {}, {}, 500ms);
+  BOOST_REQUIRE(!r.ok());
+  BOOST_TEST(r.error().code == Exit::tempfail);
+  std::ifstream f(pidfile);
+  pid_t grandchild = 0;
+  f >> grandchild;
+  BOOST_REQUIRE(grandchild > 0);
+  // The background sleep was in the group: gone (or a zombie of init's).
+  bool gone = false;
+  for (int i = 0; i < 40 && !gone; ++i) {
+    gone = ::kill(grandchild, 0) != 0;
+    std::ifstream st("/proc/" + std::to_string(grandchild) + "/stat");
+    std::string a, b, state;
+    if (st >> a >> b >> state && state == "Z") gone = true;
+    if (!gone) std::this_thread::sleep_for(50ms);
+  }
+  BOOST_TEST(gone);
 }
