@@ -59,6 +59,7 @@ Status validate(const rapidjson::Value& record) {
   if (record.IsObject()) {
     for (const auto& [section, file] :
          {std::pair{"build", "build.schema.json"}, std::pair{"machine", "machine.schema.json"},
+          std::pair{"provisioned", "provisioned.schema.json"},
           std::pair{"error", "error.schema.json"}}) {
       auto it = record.FindMember(section);
       if (it == record.MemberEnd()) continue;

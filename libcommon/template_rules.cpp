@@ -552,7 +552,6 @@ void prepare_communicator(Config& c) {
       c.default_str("ssh_bastion_certificate_file", c.str("ssh_certificate_file"));
     }
     if (!c.str("ssh_proxy_host").empty()) c.default_int("ssh_proxy_port", 1080);
-    c.default_str("ssh_file_transfer_method", "scp");
     // The temporary key's size, as sshkey.GeneratePair picks it.
     c.default_str("temporary_key_pair_type", "rsa");
     const std::string key_type = c.str("temporary_key_pair_type");
@@ -580,7 +579,7 @@ void prepare_communicator(Config& c) {
         check_key_file(c, "ssh_bastion_private_key_file", "ssh_bastion_certificate_file");
     }
     const std::string method = c.str("ssh_file_transfer_method");
-    if (method != "scp" && method != "sftp")
+    if (c.has("ssh_file_transfer_method") && method != "scp" && method != "sftp")
       c.error("ssh_file_transfer_method",
               "ssh_file_transfer_method ('" + method + "') is invalid, valid methods: sftp, scp");
     if (!c.str("ssh_bastion_host").empty() && !c.str("ssh_proxy_host").empty())

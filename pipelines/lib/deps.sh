@@ -6,7 +6,8 @@ kiln_packages_build="meson ninja-build g++ pkg-config python3
   libboost-dev rapidjson-dev libarchive-dev libssh2-1-dev libssl-dev"
 kiln_packages_build="$kiln_packages_build qemu-system-x86 qemu-utils"
 kiln_packages_test="python3-cram packer clang libclang-rt-14-dev
-  openssh-server openssh-client genisoimage libarchive-tools curl"
+  openssh-server openssh-client genisoimage libarchive-tools curl
+  ansible-core bc procps"
 
 kiln_install_deps() {
   local want="" missing="" pkg group
