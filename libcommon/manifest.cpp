@@ -10,6 +10,8 @@
 #include <cstring>
 
 #include "atomic_file.hpp"
+#include <rapidjson/error/en.h>
+
 #include "json.hpp"
 #include "signals.hpp"
 #include "text.hpp"
@@ -287,10 +289,14 @@ std::string to_json(const Manifest& m) {
 }
 
 Result<Manifest> parse(std::string_view text, const std::string& name) {
+  // Not json::parse: Go reads invalid UTF-8 (as \ufffd) where a
+  // validating parse would refuse the whole manifest.
   json::Document doc;
-  if (auto st = json::parse(text, doc); !st)
-    return Error(Exit::dataerr,
-                 "Unable to parse content from " + name + ": " + st.error().message);
+  doc.Parse<rapidjson::kParseIterativeFlag>(text.data(), text.size());
+  if (doc.HasParseError())
+    return Error(Exit::dataerr, "Unable to parse content from " + name + ": " +
+                                    rapidjson::GetParseError_En(doc.GetParseError()) +
+                                    " (at byte " + std::to_string(doc.GetErrorOffset()) + ")");
   Manifest m;
   if (doc.IsNull()) return m;
   auto st = each_field(

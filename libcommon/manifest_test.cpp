@@ -157,12 +157,16 @@ BOOST_AUTO_TEST_CASE(parse_follows_go_unmarshal) {
   BOOST_TEST(b.custom_data->at("k") == "");
   BOOST_TEST(!(*m->builds)[1].files.has_value());
   BOOST_TEST(manifest::parse("null", "m").ok());
+  // Invalid UTF-8 is read (Go makes it U+FFFD) and written back as \ufffd.
+  auto latin1 = manifest::parse("{\"builds\":[{\"name\":\"caf\xe9\"}]}", "m");
+  BOOST_REQUIRE_MESSAGE(latin1.ok(), why(latin1));
+  BOOST_TEST(manifest::to_json(*latin1).find("\"name\": \"caf\\ufffd\",") != std::string::npos);
 
   for (const char* bad : {"[]", "{\"builds\":{}}", "{\"builds\":[{\"build_time\":1.5}]}",
                           "{\"builds\":[{\"build_time\":\"1\"}]}",
                           "{\"builds\":[{\"files\":[{\"size\":1e3}]}]}",
                           "{\"builds\":[{\"custom_data\":{\"a\":1}}]}",
-                          "{\"last_run_uuid\":5}", "{\"builds\":[", ""}) {
+                          "{\"last_run_uuid\":5}", "{\"builds\":[", "", "{} x"}) {
     auto r = manifest::parse(bad, "m.json");
     BOOST_TEST(!r.ok(), bad);
     if (!r.ok()) {
