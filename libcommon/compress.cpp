@@ -12,7 +12,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -115,6 +117,178 @@ Status option(struct archive* a, const char* module, const char* key,
   if (r == ARCHIVE_OK || optional) return {};
   return Error(Exit::software, "cannot write " + target.string() + ": libarchive refused " +
                                    module + ":" + key + "=" + value);
+}
+
+
+// gzip on every core, as Packer's pgzip does: the stream is cut into 4 MiB
+// chunks, each compressed by its own libarchive gzip writer on a worker
+// thread into one gzip member, and the members are written in order. gzip,
+// tar, bsdtar (so vagrant), Go and Python read concatenated members as one
+// stream; the cut costs under 0.1% of ratio (a 32 KiB window lost per 4 MiB).
+// At most two chunks per worker are in flight, so memory stays flat.
+class GzipMembers {
+ public:
+  static constexpr size_t kChunk = size_t{4} << 20;
+
+  GzipMembers(int fd, int level, unsigned threads) : fd_(fd), level_(level) {
+    max_in_flight_ = 2 * threads;
+    for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { work(); });
+    pending_.reserve(kChunk);
+  }
+  ~GzipMembers() {
+    {
+      std::lock_guard lock(m_);
+      stop_ = true;
+    }
+    job_ready_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  GzipMembers(const GzipMembers&) = delete;
+  GzipMembers& operator=(const GzipMembers&) = delete;
+
+  // Takes bytes of the uncompressed stream.
+  bool write(const char* data, size_t size) {
+    while (size > 0) {
+      size_t take = std::min(size, kChunk - pending_.size());
+      pending_.append(data, take);
+      data += take;
+      size -= take;
+      if (pending_.size() == kChunk && !submit()) return false;
+    }
+    return true;
+  }
+
+  // Compresses what is left and writes every member.
+  bool finish() {
+    if (!pending_.empty() && !submit()) return false;
+    while (!jobs_.empty())
+      if (!write_oldest()) return false;
+    return true;
+  }
+
+  const std::string& error() const { return error_; }
+
+ private:
+  struct Job {
+    std::string input;
+    std::string output;
+    std::string error;
+    bool done = false;
+  };
+
+  bool submit() {
+    auto job = std::make_shared<Job>();
+    job->input.swap(pending_);
+    pending_.clear();
+    pending_.reserve(kChunk);
+    {
+      std::lock_guard lock(m_);
+      queue_.push_back(job);
+      jobs_.push_back(job);
+    }
+    job_ready_.notify_one();
+    while (jobs_.size() > max_in_flight_)
+      if (!write_oldest()) return false;
+    return true;
+  }
+
+  bool write_oldest() {
+    std::shared_ptr<Job> job = jobs_.front();
+    {
+      std::unique_lock lock(m_);
+      job_done_.wait(lock, [&] { return job->done; });
+      jobs_.pop_front();
+    }
+    if (!job->error.empty()) {
+      error_ = job->error;
+      return false;
+    }
+    std::string_view out = job->output;
+    while (!out.empty()) {
+      ssize_t n = ::write(fd_, out.data(), out.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        error_ = std::strerror(errno);
+        return false;
+      }
+      out.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  static la_ssize_t append(struct archive*, void* to, const void* data, size_t size) {
+    static_cast<std::string*>(to)->append(static_cast<const char*>(data), size);
+    return static_cast<la_ssize_t>(size);
+  }
+
+  void compress(Job& job) const {
+    std::unique_ptr<struct archive, ArchiveDeleter> a(archive_write_new());
+    std::unique_ptr<archive_entry, EntryDeleter> entry(archive_entry_new());
+    job.output.reserve(job.input.size() / 2 + 4096);
+    const std::string level = std::to_string(level_);
+    bool ok = a && entry && archive_write_set_format_raw(a.get()) == ARCHIVE_OK &&
+              archive_write_add_filter_gzip(a.get()) == ARCHIVE_OK &&
+              archive_write_set_filter_option(a.get(), "gzip", "compression-level",
+                                              level.c_str()) == ARCHIVE_OK &&
+              archive_write_set_filter_option(a.get(), "gzip", "timestamp", nullptr) ==
+                  ARCHIVE_OK &&
+              archive_write_set_bytes_per_block(a.get(), 0) == ARCHIVE_OK &&
+              archive_write_open2(a.get(), &job.output, nullptr, &GzipMembers::append,
+                                  nullptr, nullptr) == ARCHIVE_OK;
+    if (ok) {
+      archive_entry_set_filetype(entry.get(), AE_IFREG);
+      archive_entry_set_size(entry.get(), static_cast<la_int64_t>(job.input.size()));
+      ok = archive_write_header(a.get(), entry.get()) == ARCHIVE_OK &&
+           archive_write_data(a.get(), job.input.data(), job.input.size()) ==
+               static_cast<la_ssize_t>(job.input.size()) &&
+           archive_write_close(a.get()) == ARCHIVE_OK;
+    }
+    if (!ok) {
+      const char* msg = a ? archive_error_string(a.get()) : nullptr;
+      job.error = msg ? msg : "gzip compression failed";
+    }
+  }
+
+  void work() {
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock lock(m_);
+        job_ready_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (stop_) return;
+        job = queue_.front();
+        queue_.pop_front();
+      }
+      compress(*job);
+      job->input = std::string();
+      {
+        std::lock_guard lock(m_);
+        job->done = true;
+      }
+      job_done_.notify_all();
+    }
+  }
+
+  int fd_;
+  int level_;
+  size_t max_in_flight_;
+  std::string pending_;
+  std::deque<std::shared_ptr<Job>> jobs_;  // in stream order, owned by the caller
+  std::deque<std::shared_ptr<Job>> queue_;  // not yet taken by a worker
+  std::vector<std::thread> workers_;
+  std::mutex m_;
+  std::condition_variable job_ready_, job_done_;
+  bool stop_ = false;
+  std::string error_;
+};
+
+la_ssize_t gzip_members_write(struct archive* a, void* sink, const void* data, size_t size) {
+  auto* gz = static_cast<GzipMembers*>(sink);
+  if (!gz->write(static_cast<const char*>(data), size)) {
+    archive_set_error(a, EIO, "%s", gz->error().c_str());
+    return -1;
+  }
+  return static_cast<la_ssize_t>(size);
 }
 
 }  // namespace
@@ -254,14 +428,7 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   const std::string threads = std::to_string(settings.threads ? settings.threads : cores);
   switch (f.algorithm) {
-    case Algorithm::gzip:
-      r = archive_write_add_filter_gzip(a);
-      if (r == ARCHIVE_OK) {
-        if (auto st = option(a, "gzip", "compression-level", level, target); !st) return st;
-        // Packer's gzip header carries no time: the same input gives the same bytes.
-        if (archive_write_set_filter_option(a, "gzip", "timestamp", nullptr) != ARCHIVE_OK)
-          return archive_error(a, target, Exit::software);
-      }
+    case Algorithm::gzip:  // GzipMembers below, on every core
       break;
     case Algorithm::xz:
       r = archive_write_add_filter_xz(a);
@@ -290,7 +457,20 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
     if (auto st = option(a, "zip", "compression-level", level, target); !st) return st;
   // No padding after the end: only a tape wants whole 10 KiB blocks.
   archive_write_set_bytes_in_last_block(a, 1);
-  if (archive_write_open_fd(a, file->fd()) != ARCHIVE_OK) return archive_error(a, target);
+  // Destroyed before the archive: fail_guard (or the close below) has made
+  // sure that freeing the archive calls back into it no more.
+  std::unique_ptr<GzipMembers> gzip;
+  if (f.algorithm == Algorithm::gzip) {
+    gzip = std::make_unique<GzipMembers>(file->fd(), std::clamp(settings.level, 1, 9),
+                                         settings.threads ? settings.threads : cores);
+    // Whole blocks would only be copied again into 4 MiB chunks.
+    archive_write_set_bytes_per_block(a, 0);
+    if (archive_write_open2(a, gzip.get(), nullptr, &gzip_members_write, nullptr, nullptr) !=
+        ARCHIVE_OK)
+      return archive_error(a, target);
+  } else if (archive_write_open_fd(a, file->fd()) != ARCHIVE_OK) {
+    return archive_error(a, target);
+  }
 
   std::unique_ptr<char, FreeDeleter> buffer(
       static_cast<char*>(std::aligned_alloc(4096, kBlockSize)));
@@ -357,6 +537,8 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
   if (signals::interrupted()) return interrupted();
   if (archive_write_close(a) != ARCHIVE_OK) return archive_error(a, target);
   fail_guard.armed = false;
+  if (gzip && !gzip->finish())
+    return Error(Exit::ioerr, "cannot write " + target.string() + ": " + gzip->error());
   return file->commit();
 }
 

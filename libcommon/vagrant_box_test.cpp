@@ -44,7 +44,7 @@ std::string slurp(const fs::path& p) {
   return *r;
 }
 
-// A qcow2 of 1.5 GiB virtual size with 3 MiB of data in it, and a
+// A qcow2 of 1.5 GiB virtual size with 6 MiB of data in it (two gzip members), and a
 // Vagrantfile template using the box's fields and a user variable.
 struct Fixture {
   testing::TempDir dir;
@@ -53,7 +53,7 @@ struct Fixture {
   Fixture() {
     image = dir.path / "disk.qcow2";
     std::mt19937 rng(5);
-    std::string data(3 << 20, '\0');
+    std::string data(6 << 20, '\0');
     for (auto& c : data) c = static_cast<char>(rng() & 0xff);
     std::ofstream(dir.path / "disk.raw", std::ios::binary) << data;
     fs::resize_file(dir.path / "disk.raw", (std::uint64_t{3} << 29));
