@@ -22,8 +22,10 @@
 /// kiln's differences: ".zst" means zstd (Packer 1.6.6 would write tar+gzip
 /// under that name); bgzf is rejected (Exit::config); the level is also
 /// applied to zip, xz, zstd and lz4; zip names lose a leading "/", "./" and
-/// "../" (the zip format forbids absolute names); xz and zstd compress on
-/// every core; the output is written under a temporary name and renamed.
+/// "../" (the zip format forbids absolute names); gzip (as concatenated
+/// gzip members of 4 MiB input each, which every gzip reader takes as one
+/// stream), xz and zstd compress on every core; the output is written under
+/// a temporary name and renamed.
 
 #include <cstdint>
 #include <filesystem>
@@ -82,7 +84,7 @@ std::vector<Entry> packer_entries(const std::vector<std::string>& files, Archive
 struct Settings {
   Format format;
   int level = 6;         ///< 1..9 as normalize_level returns (0: store)
-  unsigned threads = 0;  ///< for xz and zstd; 0 = every core
+  unsigned threads = 0;  ///< for gzip, xz and zstd; 0 = every core
 };
 
 /// Writes `entries` to `target` (its folder made when missing) in
