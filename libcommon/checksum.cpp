@@ -277,6 +277,7 @@ Result<std::vector<Written>> run(const std::vector<std::string>& files,
                                  const tmpl::Context& context,
                                  const Progress& progress) {
   if (auto st = check(options); !st) return st.error();
+  if (files.empty()) return std::vector<Written>{};  // Packer writes nothing either
   std::vector<std::string> types = options.checksum_types;
   if (types.empty()) types = {"md5"};
   const std::string output =

@@ -234,6 +234,10 @@ BOOST_AUTO_TEST_CASE(a_missing_file_writes_nothing) {
   BOOST_REQUIRE(!w.ok());
   BOOST_TEST((w.error().code == Exit::noinput));
   BOOST_TEST(!fs::exists(dir.path / "sum_md5"));
+  auto none = checksum::run({}, o, context());
+  BOOST_REQUIRE(none.ok());
+  BOOST_TEST(none->empty());
+  BOOST_TEST(!fs::exists(dir.path / "sum_md5"));
   o.output = (dir.path / "{{.NoSuchField}}").string();
   auto bad = checksum::run({(dir.path / "a").string()}, o, context());
   BOOST_REQUIRE(!bad.ok());
