@@ -48,8 +48,8 @@ Status Communicator::ensure() {
 
 void Communicator::drop() { session_.reset(); }
 
-ssh::TransferOptions Communicator::transfer_options(const Progress& progress) const {
-  ssh::TransferOptions o;
+ssh::Session::TransferOptions Communicator::transfer_options(const Progress& progress) const {
+  ssh::Session::TransferOptions o;
   o.method = target_.transfer;
   o.progress = progress;
   o.stall_timeout = target_.read_write_timeout;

@@ -35,7 +35,7 @@ struct Target {
   /// No byte moving for this long is a time-out (ssh_read_write_timeout;
   /// 0 = none).
   std::chrono::milliseconds read_write_timeout{0};
-  ssh::TransferMethod transfer = ssh::TransferMethod::automatic;
+  ssh::Session::TransferMethod transfer = ssh::Session::TransferMethod::automatic;
 };
 
 class Communicator {
@@ -82,7 +82,7 @@ class Communicator {
 
  private:
   Status ensure();
-  ssh::TransferOptions transfer_options(const Progress& progress) const;
+  ssh::Session::TransferOptions transfer_options(const Progress& progress) const;
   /// Ends the process group whose leader is `pid` on the machine.
   void end_remote(int pid);
 

@@ -42,13 +42,14 @@ communicator::Target target_of(const rapidjson::Document& record, const Value& c
     if (const Value* pw = rapidjson::Pointer(ref.c_str()).Get(record); pw && pw->IsString())
       t.credentials.password = pw->GetString();
   }
+  if (!o.password.empty()) t.credentials.password = o.password;
   t.host_key = string_or(comm, "host_key", string_or(comm, "host_key_fingerprint"));
   t.keepalive_seconds = static_cast<int>(number_or(builder, "ssh_keep_alive_interval", 5));
   t.read_write_timeout = seconds_of(builder, "ssh_read_write_timeout", 0);
   const std::string method = string_or(builder, "ssh_file_transfer_method");
-  t.transfer = method == "sftp"  ? ssh::TransferMethod::sftp
-               : method == "scp" ? ssh::TransferMethod::scp
-                                 : ssh::TransferMethod::automatic;
+  t.transfer = method == "sftp"  ? ssh::Session::TransferMethod::sftp
+               : method == "scp" ? ssh::Session::TransferMethod::scp
+                                 : ssh::Session::TransferMethod::automatic;
   return t;
 }
 
@@ -189,7 +190,10 @@ Status provision(rapidjson::Document& record, const Options& o) {
     }
     if (driver == "qemu") {
       comm.reset();
-      if (auto st = machine::stop(id, 30s, machine::Shutdown::immediate); !st)
+      // A machine that is gone already (it crashed, or powered itself off)
+      // needs no stopping.
+      if (auto st = machine::stop(id, 30s, machine::Shutdown::immediate);
+          !st && st.error().code != Exit::noinput)
         e.message += "\n(stopping the machine failed too: " + st.error().message + ")";
       Value& mach = record["machine"];
       if (mach.HasMember("state")) mach.RemoveMember("state");

@@ -32,6 +32,9 @@ struct Options {
   std::function<char(const std::string& failure)> ask;
   /// Passphrase of an encrypted private key ("" = none).
   std::string passphrase;
+  /// A password to log in with that the record does not hold ("" = the
+  /// record's password_ref, if any).
+  std::string password;
   /// Secrets for messages stored in the record.
   std::vector<std::string> secrets;
 };

@@ -1,11 +1,12 @@
 # A real OpenSSH sshd on a free loopback port, for provision's tests (sourced).
-# It has its own host key, logs in the user "kilntest" (created when missing,
+# It has its own host key, logs in the user "kilnprov" (its own: the unit tests use another, locked at their end) (created when missing,
 # given a fresh random password for the run, locked again by sshd_stop) with
 # a key in its own authorized_keys. Needs root (sshd, useradd), as CI has.
 #   sshd_start DIR [EXTRA-CONFIG]  sets SSHD_PORT SSHD_PID SSHD_KEY SSHD_PASSWORD
 #   sshd_stop                      kills it and every session it serves
 #   sshd_sessions                  the pids of the sessions it serves now
-SSHD_USER=kilntest
+#   sshd_kill_sessions             cuts every connection it serves
+SSHD_USER=kilnprov
 
 sshd_free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -14,6 +15,8 @@ sshd_free_port() {
 sshd_start() {
   local dir=$1 extra=${2:-}
   mkdir -p "$dir" /run/sshd
+  # sshd reads authorized_keys as the user: the folders must let it through.
+  chmod 755 "$dir" "$(dirname "$dir")"
   [ -f "$dir/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/host_ed25519"
   [ -f "$dir/user_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$dir/user_ed25519"
   cp "$dir/user_ed25519.pub" "$dir/authorized_keys"
@@ -48,6 +51,16 @@ sshd_start() {
 
 sshd_sessions() {
   [ -n "${SSHD_PID:-}" ] && pgrep -P "$SSHD_PID"
+}
+
+# Kills the sshd processes serving every connection now: the privileged
+# monitor and the user's half that holds the socket (what a crash of the
+# server would do); the commands they started are left orphaned.
+sshd_kill_sessions() {
+  local s
+  for s in $(sshd_sessions); do
+    kill -KILL $(pgrep -P "$s" -x sshd) "$s" 2>/dev/null
+  done
 }
 
 sshd_stop() {

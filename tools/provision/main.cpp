@@ -145,12 +145,12 @@ std::string first_line_of(const std::string& path, Error& failure) {
 
 /// The record a standalone run makes: a null build whose provisioners are
 /// the steps given, and its machine, the host.
-Result<rapidjson::Document> standalone_record(const Options& o, std::string& passphrase) {
+Result<rapidjson::Document> standalone_record(const Options& o, std::string& passphrase,
+                                              std::string& password) {
   rapidjson::Document rec = record::make();
   auto& a = rec.GetAllocator();
   auto str = [&](const std::string& s) { return rapidjson::Value(s, a); };
   Error failure;
-  std::string password;
   if (!o.password_file.empty()) {
     password = first_line_of(o.password_file, failure);
     if (!failure.message.empty()) return failure;
@@ -173,7 +173,6 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
   builder.AddMember("ssh_port", o.port, a);
   builder.AddMember("ssh_username", str(user), a);
   builder.AddMember("ssh_timeout", o.ssh_timeout, a);
-  if (!password.empty()) builder.AddMember("ssh_password", str(password), a);
   if (!o.key.empty()) builder.AddMember("ssh_private_key_file", str(fs::absolute(o.key).string()), a);
 
   rapidjson::Value provisioners(rapidjson::kArrayType);
@@ -212,7 +211,6 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
   template_info.AddMember("dir", str(cwd), a);
   template_info.AddMember("sha256", str(digest::sha256_hex("")), a);
   rapidjson::Value sensitive(rapidjson::kArrayType);
-  if (!password.empty()) sensitive.PushBack("/builder/ssh_password", a);
 
   rapidjson::Value build(rapidjson::kObjectType);
   build.AddMember("name", str(o.name), a);
@@ -234,7 +232,6 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
   comm.AddMember("port", o.port, a);
   comm.AddMember("username", str(user), a);
   if (!o.key.empty()) comm.AddMember("private_key_file", str(fs::absolute(o.key).string()), a);
-  if (!password.empty()) comm.AddMember("password_ref", "/build/builder/ssh_password", a);
   if (o.agent) comm.AddMember("agent", true, a);
   if (!o.host_key.empty()) {
     if (o.host_key.rfind("SHA256:", 0) == 0)
@@ -329,7 +326,10 @@ Exit run(const Options& o) {
 
   Exit result = Exit::ok;
   if (!o.host.empty()) {
-    auto rec = standalone_record(o, po.passphrase);
+    auto rec = standalone_record(o, po.passphrase, po.password);
+    log.add_secret(po.password);
+    log.add_secret(po.passphrase);
+    po.secrets = log.secrets();
     if (!rec) {
       log.report(rec.error());
       return rec.error().code;
