@@ -18,7 +18,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <regex>
 #include <thread>
 #include <vector>
 
@@ -317,10 +316,18 @@ std::string_view name(Algorithm a) {
 Format detect_format(std::string_view output_template, std::string_view format) {
   std::string subject(output_template);
   if (!format.empty()) subject += "." + std::string(format);
-  static const std::regex group(R"(\.([a-z0-9]+))");
+  // Every match of Packer's regexp \.([a-z0-9]+), left to right, without
+  // overlap (by hand: std::regex is slow and trips GCC's sanitizer builds).
+  auto word = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
   std::vector<std::string> items;
-  for (std::sregex_iterator it(subject.begin(), subject.end(), group), end; it != end; ++it)
-    items.push_back((*it)[1].str());
+  for (size_t i = 0; i < subject.size(); ++i) {
+    if (subject[i] != '.') continue;
+    size_t end = i + 1;
+    while (end < subject.size() && word(subject[end])) ++end;
+    if (end == i + 1) continue;
+    items.push_back(subject.substr(i + 1, end - i - 1));
+    i = end - 1;
+  }
   Format tar_gzip{Archive::tar, Algorithm::gzip};
   if (items.empty()) return tar_gzip;
   const std::string& last = items.back();

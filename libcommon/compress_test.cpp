@@ -141,6 +141,9 @@ BOOST_AUTO_TEST_CASE(format_from_the_output_as_packer_detects_it) {
       {"{{.BuildName}}.box", "", {Archive::tar, Algorithm::gzip}},
       {"out", "tar.xz", {Archive::tar, Algorithm::xz}},
       {"out.zip", "gz", {Archive::none, Algorithm::gzip}},
+      {"out..zip", "", {Archive::zip, Algorithm::none}},
+      {"out.Tar.gz", "", {Archive::none, Algorithm::gzip}},
+      {"out.tar.gz.", "", {Archive::tar, Algorithm::gzip}},
   };
   for (const auto& c : cases) {
     Format f = compress::detect_format(c.output, c.format);
