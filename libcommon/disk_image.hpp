@@ -152,11 +152,13 @@ struct ConvertOptions {
   unsigned jobs = 0;
   /// On failure also remove the targets this run already finished.
   bool all_or_nothing = false;
-  /// Compute each output's sha256 (one streaming read of it, overlapped
-  /// with the other targets' conversions).
+  /// Compute each output's sha256: one more streaming pass over it (holes
+  /// are not read), on a thread of its own while the other targets
+  /// convert. It cannot overlap its own conversion: qemu-img rewrites a
+  /// qcow2's tables at the end, so the file is final only then.
   bool digest = true;
-  /// Called on the calling thread, at most every 100 ms and once with
-  /// Stage::done per finished target.
+  /// Called on the calling thread: for each target at work, at most every
+  /// 100 ms; and once with Stage::done when a target's file is in place.
   std::function<void(const Progress&)> progress;
   /// The whole run's limit; 0 = none.
   std::chrono::milliseconds timeout{0};
@@ -184,9 +186,11 @@ struct ConvertOptions {
 Result<std::vector<Artifact>> convert(const std::string& source, const std::vector<Target>& targets,
                                       const ConvertOptions& options = {});
 
-/// Lowercase hex SHA-256 of a file in 8 MiB reads, stopping early (with
-/// Exit::interrupted) when `stop` returns true between reads. Errors:
-/// Exit::noinput (cannot open), Exit::ioerr (read failed).
+/// Lowercase hex SHA-256 of a file in 8 MiB reads; holes (SEEK_HOLE) are
+/// hashed as the zeros they read as, without reading them. Stops early
+/// (Exit::interrupted) when `stop` returns true between blocks;
+/// `done_bytes` hears how far it got. Errors: Exit::noinput (cannot open),
+/// Exit::ioerr (read failed).
 Result<std::string> file_sha256(const std::string& path,
                                 const std::function<bool()>& stop = {},
                                 const std::function<void(std::uint64_t)>& done_bytes = {});

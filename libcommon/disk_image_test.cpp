@@ -435,6 +435,19 @@ BOOST_AUTO_TEST_CASE(digest_of_a_file) {
   auto sum = file_sha256((tmp.path / "f").string());
   BOOST_REQUIRE(sum.ok());
   BOOST_TEST(*sum == sh("sha256sum " + q(tmp.path / "f")).out.substr(0, 64));
+  // Holes before, between and after data are hashed as zeros.
+  const fs::path sparse = tmp.path / "sparse";
+  sh("truncate -s 50M " + q(sparse) + " && head -c 3000000 /dev/urandom | dd of=" + q(sparse) +
+     " bs=1M seek=10 conv=notrunc 2>/dev/null && printf x | dd of=" + q(sparse) +
+     " bs=1 seek=31457280 conv=notrunc 2>/dev/null");
+  BOOST_TEST(fs::file_size(sparse) == 50u << 20);
+  auto holes = file_sha256(sparse.string());
+  BOOST_REQUIRE(holes.ok());
+  BOOST_TEST(*holes == sh("sha256sum " + q(sparse)).out.substr(0, 64));
+  std::uint64_t last = 0;
+  BOOST_REQUIRE(file_sha256(sparse.string(), {}, [&](std::uint64_t n) { last = n; }).ok());
+  BOOST_TEST(last == 50u << 20);
+
   auto stopped = file_sha256((tmp.path / "f").string(), [] { return true; });
   BOOST_REQUIRE(!stopped.ok());
   BOOST_TEST((stopped.error().code == Exit::interrupted));

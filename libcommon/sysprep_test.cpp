@@ -100,18 +100,20 @@ struct Tree {
   }
 };
 
-/// Runs `text` with `shell` (a program and its leading arguments) on the
-/// tree; `as` prefixes the command (e.g. setpriv to drop root).
+/// Runs `text` with `shell` (a program and its leading arguments, e.g.
+/// setpriv ... sh to drop root) on the tree under `root`.
 process::Output run(const std::vector<std::string>& shell, const std::string& text,
                     const fs::path& root, const std::string& script_dir) {
   const fs::path file = fs::path(script_dir) / "sysprep.sh";
   std::ofstream(file) << text;
   fs::permissions(file, fs::perms(0644));
+  // env(1) sets the variable: Command::env goes through Boost.Process
+  // 1.74's environment lookup, which reads past a string's end (ASan).
   process::Command cmd;
-  cmd.program = shell.front();
-  cmd.args.assign(shell.begin() + 1, shell.end());
+  cmd.program = "env";
+  cmd.args = {"KILN_SYSPREP_ROOT=" + root.string()};
+  cmd.args.insert(cmd.args.end(), shell.begin(), shell.end());
   cmd.args.push_back(file.string());
-  cmd.env["KILN_SYSPREP_ROOT"] = root.string();
   auto out = process::run(cmd, std::chrono::seconds(60));
   BOOST_REQUIRE(out.ok());
   return *out;
