@@ -905,8 +905,10 @@ Result<std::vector<Artifact>> convert(const std::string& source,
     if (!slot) {
       std::error_code ec;
       if (!fs::is_directory(dir, ec))
-        return Error(Exit::cantcreat, "cannot write " + targets[i].path.string() + ": folder " +
-                                          dir.string() + " does not exist");
+        return Error(Exit::cantcreat, "cannot write " + targets[i].path.string() + ": " +
+                                          dir.string() +
+                                          (fs::exists(dir, ec) ? " is not a folder"
+                                                               : ": no such folder"));
       auto made = Staging::create(dir);
       if (!made) return made.error();
       slot = std::move(*made);
