@@ -281,11 +281,40 @@ class GzipMembers {
   std::string error_;
 };
 
-la_ssize_t gzip_members_write(struct archive* a, void* sink, const void* data, size_t size) {
-  auto* gz = static_cast<GzipMembers*>(sink);
-  if (!gz->write(static_cast<const char*>(data), size)) {
-    archive_set_error(a, EIO, "%s", gz->error().c_str());
+// Where libarchive's output goes: the temporary file, or the parallel
+// gzip in front of it. Once `discard` is set (the write failed), writes
+// fail at once, so that closing the archive to free libarchive's state
+// (archive_write_fail() would leak it) flushes nothing and ends early.
+struct Sink {
+  int fd = -1;
+  GzipMembers* gzip = nullptr;
+  bool discard = false;
+};
+
+la_ssize_t sink_write(struct archive* a, void* opaque, const void* data, size_t size) {
+  auto* sink = static_cast<Sink*>(opaque);
+  if (sink->discard) {
+    archive_set_error(a, ECANCELED, "output abandoned");
     return -1;
+  }
+  if (sink->gzip) {
+    if (!sink->gzip->write(static_cast<const char*>(data), size)) {
+      archive_set_error(a, EIO, "%s", sink->gzip->error().c_str());
+      return -1;
+    }
+    return static_cast<la_ssize_t>(size);
+  }
+  const char* p = static_cast<const char*>(data);
+  size_t left = size;
+  while (left > 0) {
+    ssize_t n = ::write(sink->fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      archive_set_error(a, errno, "%s", std::strerror(errno));
+      return -1;
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
   }
   return static_cast<la_ssize_t>(size);
 }
@@ -411,18 +440,26 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
   auto file = AtomicFile::create(target, 0644);
   if (!file) return file.error();
 
+  // Outlive the archive, which writes into them until it is closed.
+  Sink sink;
+  sink.fd = file->fd();
+  std::unique_ptr<GzipMembers> gzip;
   std::unique_ptr<struct archive, ArchiveDeleter> owner(archive_write_new());
   struct archive* a = owner.get();
   if (!a) return Error(Exit::software, "libarchive: out of memory");
-  // Any early return below must not let archive_write_free() flush a
-  // half-written archive into the temporary file: mark it failed first.
-  struct FailGuard {
+  // On any early return, close the archive into nothing: its end must not
+  // reach the temporary file (removed anyway), and libarchive frees its
+  // compressor state only when closing.
+  struct DiscardGuard {
     struct archive* a;
+    Sink& sink;
     bool armed = true;
-    ~FailGuard() {
-      if (armed) archive_write_fail(a);
+    ~DiscardGuard() {
+      if (!armed) return;
+      sink.discard = true;
+      archive_write_close(a);
     }
-  } fail_guard{a};
+  } discard_guard{a, sink};
 
   int r = ARCHIVE_OK;
   switch (f.archive) {
@@ -464,20 +501,15 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
     if (auto st = option(a, "zip", "compression-level", level, target); !st) return st;
   // No padding after the end: only a tape wants whole 10 KiB blocks.
   archive_write_set_bytes_in_last_block(a, 1);
-  // Destroyed before the archive: fail_guard (or the close below) has made
-  // sure that freeing the archive calls back into it no more.
-  std::unique_ptr<GzipMembers> gzip;
   if (f.algorithm == Algorithm::gzip) {
     gzip = std::make_unique<GzipMembers>(file->fd(), std::clamp(settings.level, 1, 9),
                                          settings.threads ? settings.threads : cores);
+    sink.gzip = gzip.get();
     // Whole blocks would only be copied again into 4 MiB chunks.
     archive_write_set_bytes_per_block(a, 0);
-    if (archive_write_open2(a, gzip.get(), nullptr, &gzip_members_write, nullptr, nullptr) !=
-        ARCHIVE_OK)
-      return archive_error(a, target);
-  } else if (archive_write_open_fd(a, file->fd()) != ARCHIVE_OK) {
-    return archive_error(a, target);
   }
+  if (archive_write_open2(a, &sink, nullptr, &sink_write, nullptr, nullptr) != ARCHIVE_OK)
+    return archive_error(a, target);
 
   std::unique_ptr<char, FreeDeleter> buffer(
       static_cast<char*>(std::aligned_alloc(4096, kBlockSize)));
@@ -542,8 +574,9 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
     if (archive_write_finish_entry(a) < ARCHIVE_WARN) return archive_error(a, target);
   }
   if (signals::interrupted()) return interrupted();
+  // Closed once, whatever it returns (a second close would free twice).
+  discard_guard.armed = false;
   if (archive_write_close(a) != ARCHIVE_OK) return archive_error(a, target);
-  fail_guard.armed = false;
   if (gzip && !gzip->finish())
     return Error(Exit::ioerr, "cannot write " + target.string() + ": " + gzip->error());
   return file->commit();

@@ -28,9 +28,8 @@ Exit code(const R& r) {
   return r.ok() ? Exit::ok : r.error().code;
 }
 
-int sh(const std::string& command, const fs::path& cwd, std::string* out = nullptr,
-       std::map<std::string, std::string> env = {}) {
-  auto r = process::run({"sh", {"-c", command}, std::move(env), cwd.string(), std::nullopt},
+int sh(const std::string& command, const fs::path& cwd, std::string* out = nullptr) {
+  auto r = process::run({"sh", {"-c", command}, {}, cwd.string(), std::nullopt},
                         std::chrono::minutes(5));
   BOOST_REQUIRE_MESSAGE(r.ok(), why(r));
   if (out) *out = r->out;
@@ -236,14 +235,13 @@ BOOST_AUTO_TEST_CASE(vagrant_box_add_accepts_it) {
   o.vagrantfile_template = (fx.dir.path / "custom.rb").string();
   auto box = vagrant_box::make(o, fx.context);
   BOOST_REQUIRE_MESSAGE(box.ok(), why(box));
-  const std::map<std::string, std::string> env = {
-      {"VAGRANT_HOME", (fx.dir.path / "vagrant.d").string()},
-      {"VAGRANT_CHECKPOINT_DISABLE", "1"},
-      {"VAGRANT_NO_PLUGINS", "1"},
-  };
-  BOOST_TEST(sh("vagrant box add --name kiln-test t.box", fx.dir.path, nullptr, env) == 0);
+  // In the command rather than process::Command::env, which Boost.Process
+  // 1.74 reads past the end of (AddressSanitizer says so).
+  const std::string env =
+      "VAGRANT_HOME=\"$PWD/vagrant.d\" VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_NO_PLUGINS=1 ";
+  BOOST_TEST(sh(env + "vagrant box add --name kiln-test t.box", fx.dir.path) == 0);
   std::string list;
-  BOOST_TEST(sh("vagrant box list", fx.dir.path, &list, env) == 0);
+  BOOST_TEST(sh(env + "vagrant box list", fx.dir.path, &list) == 0);
   BOOST_TEST(list.find("kiln-test") != std::string::npos, list);
   BOOST_TEST(list.find("libvirt") != std::string::npos, list);
   // Vagrant unpacked the image unchanged.
