@@ -225,11 +225,9 @@ Result<Step> run_shell(const Value& p, Environment& env, Clock::time_point deadl
     std::deque<std::string> tail;
     int code = 0;
     auto st = with_retry(env, start_retry, deadline, "the script", [&]() -> Status {
+      // Uploaded with mode 0755 (SFTP and SCP both set it), which spares
+      // the separate chmod Packer runs: a round trip per script.
       if (auto s = env.comm->upload_data(text, remote_path, 0755); !s) return s;
-      auto chmod = env.comm->run("chmod 0755 " + remote_path, {}, {}, 60s);
-      if (!chmod) return chmod.error();
-      if (*chmod == communicator::kDisconnected)
-        return Error(Exit::protocol, "the connection dropped before the script started");
       tail.clear();
       LineCollector out(env, tail, false), err(env, tail, true);
       auto r = env.comm->run(

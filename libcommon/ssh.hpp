@@ -7,8 +7,10 @@
 /// Passwords and passphrases never appear in an Error's message.
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -17,7 +19,7 @@
 namespace kiln::ssh {
 
 namespace detail {
-struct SessionState;  // the socket and libssh2 session, in ssh.cpp
+struct SessionState;  // the socket and libssh2 session, in ssh_internal.hpp
 }
 
 /// Where the SSH server listens and whom to log in as.
@@ -48,10 +50,37 @@ Result<HostKey> parse_public_key(std::string_view line);
 
 /// One TCP connection and its SSH session. Movable, not copyable; the
 /// destructor disconnects (waiting at most a moment for a dead peer).
-/// Later file transfer (SFTP, SCP) belongs here too: it uses the same
-/// session and the same interruptible waits as exec().
+/// File transfer (SFTP, SCP) uses the same session and the same
+/// interruptible waits as exec().
 class Session {
  public:
+  /// How files travel.
+  enum class TransferMethod {
+    automatic,  ///< SFTP, or SCP when the server has no SFTP subsystem (found out once per session)
+    sftp,       ///< SFTP only
+    scp,        ///< SCP only: the `scp` program on the server, with a shell to run it
+  };
+
+  /// Called as bytes are acknowledged: `done` of `total` bytes of file
+  /// content; at the start, every few hundred KiB or 200 ms, and at the end.
+  using Progress = std::function<void(uint64_t done, uint64_t total)>;
+
+  struct TransferOptions {
+    TransferMethod method = TransferMethod::automatic;
+    Progress progress;  ///< may be empty; an exception from it ends the transfer (cleaned up)
+    /// Exit::tempfail when no byte moves on the connection for this long
+    /// (Packer's ssh_read_write_timeout); 0 = wait as long as it takes.
+    std::chrono::milliseconds stall_timeout{0};
+  };
+
+  /// What is at a remote path (symbolic links followed).
+  struct RemoteStat {
+    bool exists = false;
+    bool is_directory = false;
+    int mode = 0;       ///< permission bits (07777), when it exists
+    uint64_t size = 0;  ///< of a file
+  };
+
   /// Opens a TCP connection to `ep` and does the SSH handshake, retrying a
   /// refused, unreachable or dropped connection every ~200 ms until
   /// `timeout` has passed. Errors: Exit::tempfail (no handshake before the
@@ -99,6 +128,79 @@ class Session {
   /// Sends an SSH keepalive every `interval_seconds` while exec() waits, so
   /// a NAT or firewall keeps an idle connection; 0 turns it off.
   void keepalive(int interval_seconds);
+
+  // File transfer. Remote paths are taken as they are (relative ones from
+  // the login directory); the caller applies Packer's destination rules
+  // with remote_stat(). Every transfer stops at once on a signal
+  // (Exit::interrupted) and on a stall (see TransferOptions). Errors common
+  // to all: Exit::protocol (the connection was lost, or the server refused:
+  // the message names the remote path and says the server's reason, e.g.
+  // "no such file or directory", "permission denied"; a forced method the
+  // server lacks), Exit::tempfail (stalled), Exit::interrupted.
+
+  /// Copies the local file `local` to exactly `remote_path`, replacing a
+  /// file there; its folder must exist. The remote file gets `mode`, or
+  /// else the local file's permission bits. A failed or interrupted upload
+  /// removes the partial remote file where the connection still allows.
+  /// Errors: Exit::noinput (`local` missing, unreadable, not a regular
+  /// file), Exit::ioerr (reading it failed midway).
+  Status upload_file(const std::string& local, const std::string& remote_path,
+                     const TransferOptions& opt, std::optional<int> mode = {});
+
+  /// Writes `data` to exactly `remote_path` with `mode`, as upload_file.
+  Status upload_data(std::string_view data, const std::string& remote_path, int mode,
+                     const TransferOptions& opt);
+
+  /// Copies the tree under `local_dir` into `remote_dir`, which is created
+  /// with its parents if missing (then with `local_dir`'s mode; an existing
+  /// one keeps its own). Files, subfolders and their permission bits land
+  /// inside it; symbolic links are followed (copied as what they point
+  /// to, as scp -r does), a link back into the tree is an error. Progress
+  /// counts the sum of the file sizes. A failure leaves what was copied
+  /// before it. Errors: Exit::noinput (`local_dir` missing, not a
+  /// folder, or something in it unreadable or a dangling link),
+  /// Exit::dataerr (SCP cannot carry a name with a line break).
+  Status upload_directory(const std::string& local_dir, const std::string& remote_dir,
+                          const TransferOptions& opt);
+
+  /// Copies the remote file `remote_path` to exactly `local` (replacing a
+  /// file there), with the remote file's permission bits. Written under a
+  /// temporary name and renamed when complete: a failure leaves nothing.
+  /// Errors: Exit::protocol (also when `remote_path` is missing or a
+  /// folder), Exit::cantcreat (cannot write beside `local`), Exit::ioerr.
+  Status download_file(const std::string& remote_path, const std::string& local,
+                       const TransferOptions& opt);
+
+  /// Copies the tree under `remote_dir` into `local_dir` (created if
+  /// missing, with `remote_dir`'s mode), with permission bits; remote
+  /// symbolic links are followed. The tree is assembled in a hidden
+  /// temporary folder and moved into place when complete: a failure
+  /// leaves nothing. With SFTP progress counts the whole tree from the
+  /// start; with SCP the total grows as the server announces files.
+  /// Errors: as download_file, and Exit::cantcreat when `local_dir` is a
+  /// file.
+  Status download_directory(const std::string& remote_dir, const std::string& local_dir,
+                            const TransferOptions& opt);
+
+  /// What is at `path` on the server. Errors: as above, with Exit::protocol
+  /// when the server will not say (permission denied on a parent).
+  Result<RemoteStat> remote_stat(const std::string& path,
+                                 TransferMethod method = TransferMethod::automatic);
+
+  /// remote_stat(path).is_directory.
+  Result<bool> remote_is_directory(const std::string& path,
+                                   TransferMethod method = TransferMethod::automatic);
+
+  /// Creates the folder `path` and its missing parents with `mode` (as
+  /// `mkdir -p`); an existing folder is left as it is. Errors: Exit::protocol
+  /// (a file is in the way, permission denied), and as above.
+  Status make_remote_directories(const std::string& path, int mode = 0755,
+                                 TransferMethod method = TransferMethod::automatic);
+
+  /// What `automatic` means on this session: `sftp` or `scp` once a
+  /// transfer has found out whether the server offers SFTP, `automatic`
+  /// before.
+  TransferMethod automatic_method() const;
 
  private:
   explicit Session(std::unique_ptr<detail::SessionState> state);
