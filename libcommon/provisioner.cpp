@@ -230,8 +230,14 @@ Result<Step> run_shell(const Value& p, Environment& env, Clock::time_point deadl
       if (auto s = env.comm->upload_data(text, remote_path, 0755); !s) return s;
       tail.clear();
       LineCollector out(env, tail, false), err(env, tail, true);
+      // The script removes itself when it ends (Packer's rm -f afterwards,
+      // without a round trip of its own); only a run the connection did not
+      // survive needs the separate removal below.
+      std::string full = *command;
+      if (!skip_clean)
+        full += "\n__kiln_status=$?; rm -f " + remote_path + "; exit $__kiln_status";
       auto r = env.comm->run(
-          *command, [&](std::string_view c) { out(c); }, [&](std::string_view c) { err(c); },
+          full, [&](std::string_view c) { out(c); }, [&](std::string_view c) { err(c); },
           remaining(deadline));
       out.flush();
       err.flush();
@@ -252,7 +258,7 @@ Result<Step> run_shell(const Value& p, Environment& env, Clock::time_point deadl
     } else if (auto c = check_exit(code, valid, tail, "Script"); !c) {
       return c.error();
     }
-    if (skip_clean) continue;
+    if (skip_clean || code != communicator::kDisconnected) continue;
     auto clean = with_retry(env, start_retry, deadline, "removing the script", [&]() -> Status {
       auto r = env.comm->run("rm -f " + remote_path, {}, {}, 60s);
       if (!r) return r.error();
