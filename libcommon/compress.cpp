@@ -401,7 +401,8 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
   const Format f = settings.format;
   if (f.algorithm == Algorithm::bgzf)
     return Error(Exit::config, "bgzf (blocked gzip) output is not supported; use .gz");
-  if (entries.empty()) return Error(Exit::config, "nothing to write into " + target.string());
+  // An archive of nothing is what Packer writes for an artifact without
+  // files; a compressed stream needs its one file.
   if (f.archive == Archive::none && entries.size() != 1)
     return Error(Exit::config, "Can only have 1 input file when not using tar/zip. Found " +
                                    std::to_string(entries.size()) + " files");

@@ -313,7 +313,16 @@ BOOST_AUTO_TEST_CASE(entries_from_memory_with_their_own_mode) {
   BOOST_TEST(listing.find("-rw-------") != std::string::npos, listing);
   BOOST_TEST(sh("tar -xOf m.tar sub/data | wc -c", dir.path, &listing) == 0);
   BOOST_TEST(listing == "100000\n");
-  BOOST_TEST(!compress::write(dir.path / "none.tar", {}, s).ok());
+  // No entries: an empty archive, as Packer writes for an artifact without files.
+  BOOST_TEST(compress::write(dir.path / "none.tar", {}, s).ok());
+  BOOST_TEST(sh("tar -tf none.tar", dir.path, &listing) == 0);
+  BOOST_TEST(listing.empty());
+  s.format = {Archive::zip, Algorithm::none};
+  BOOST_TEST(compress::write(dir.path / "none.zip", {}, s).ok());
+  BOOST_TEST(sh("python3 -c 'import zipfile; assert zipfile.ZipFile(\"none.zip\").namelist() == []'",
+                dir.path) == 0);
+  s.format = {Archive::none, Algorithm::gzip};
+  BOOST_TEST(!compress::write(dir.path / "none.gz", {}, s).ok());
   s.format = {Archive::none, Algorithm::bgzf};
   BOOST_TEST(!compress::write(dir.path / "b.bgzf", entries, s).ok());
 }
