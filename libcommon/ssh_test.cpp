@@ -759,7 +759,8 @@ BOOST_AUTO_TEST_CASE(an_exception_from_a_callback_leaves_the_session_usable) {
           "echo $$ > " + pidfile.string() + "; while :; do echo tick; sleep 0.1; done",
           [](std::string_view) { throw std::runtime_error("stop"); }, nullptr, 10s),
       std::runtime_error);
-  BOOST_TEST(ms_since(start) < 2000);
+  // Well under exec's 10 s limit, with room for a loaded machine.
+  BOOST_TEST(ms_since(start) < 8000);
   BOOST_TEST(ended_within(std::stoi(slurp(pidfile)), 3s), "the remote command ended");
   BOOST_TEST(run_remote(s, "echo still").out == "still\n");
 }
