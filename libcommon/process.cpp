@@ -30,15 +30,30 @@ Result<std::string> find_program(const std::string& name) {
   return path.string();
 }
 
+namespace {
+
+/// Adds `env` to the child's environment, in the child (Boost.Process
+/// 1.74's environment lookup reads past its buffer: AddressSanitizer
+/// reports it).
+struct AddEnvironment : bp::extend::handler {
+  const std::map<std::string, std::string>& env;
+  explicit AddEnvironment(const std::map<std::string, std::string>& e) : env(e) {}
+  template <class Executor>
+  void on_exec_setup(Executor& e) const {
+    for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
+    e.env = ::environ;  // the array execve() gets, taken before the fork
+  }
+};
+
+}  // namespace
+
 Result<Output> run(const Command& cmd, std::chrono::milliseconds timeout) {
   auto exe = find_program(cmd.program);
   if (!exe) return exe.error();
 
   boost::asio::io_context io;
   std::future<std::string> out, err;
-  auto env = boost::this_process::environment();
-  bp::environment child_env = env;
-  for (const auto& [k, v] : cmd.env) child_env[k] = v;
+  const AddEnvironment child_env(cmd.env);
 
   bp::child child;
   std::error_code ec;
@@ -127,8 +142,7 @@ Result<int> run_streaming(const Command& cmd, const Sink& out, const Sink& err,
 
   boost::asio::io_context io;
   bp::async_pipe out_pipe(io), err_pipe(io), in_pipe(io);
-  bp::environment child_env = boost::this_process::environment();
-  for (const auto& [k, v] : cmd.env) child_env[k] = v;
+  const AddEnvironment child_env(cmd.env);
 
   bp::child child;
   std::error_code ec;
