@@ -47,8 +47,13 @@
 // key. LeakSanitizer needs whole stacks (libssh2 is built without frame
 // pointers) to tell that leak apart from ours and suppress it alone.
 extern "C" const char* __asan_default_options() { return "fast_unwind_on_malloc=0"; }
+// An SFTP handle on a server that stopped answering (the stall test) can
+// only be freed by libssh2 1.10 once the server replies to its close; the
+// session is dropped first, and the handle's buffers with it unreleased.
 extern "C" const char* __lsan_default_suppressions() {
-  return "leak:libssh2_userauth_publickey_fromfile_ex\n";
+  return "leak:libssh2_userauth_publickey_fromfile_ex\n"
+         "leak:libssh2_sftp_write\n"
+         "leak:libssh2_sftp_open_ex\n";
 }
 
 namespace fs = std::filesystem;
@@ -628,18 +633,25 @@ BOOST_AUTO_TEST_CASE(agent_keys_log_in) {
   fs::path key = sshd().keygen("agent_ed25519", {"-t", "ed25519"});
   fs::path sock = sshd().dir() / "agent.sock";
   Child agent({"/usr/bin/ssh-agent", "-D", "-a", sock.string()}, sshd().dir() / "agent.log");
-  for (auto until = Clock::now() + 5s; !fs::exists(sock) && Clock::now() < until;)
-    std::this_thread::sleep_for(10ms);
-  run_ok({"ssh-add", key.string()}, {{"SSH_AUTH_SOCK", sock.string()}});
-
+  // ssh-add finds the agent through our environment.
   EnvVar env("SSH_AUTH_SOCK", sock.string());
+  // The socket's file appears (bind) a moment before the agent listens.
+  for (auto until = Clock::now() + 5s;; std::this_thread::sleep_for(20ms)) {
+    try {
+      run_ok({"ssh-add", key.string()});
+      break;
+    } catch (const std::runtime_error&) {
+      if (Clock::now() > until) throw;
+    }
+  }
+
   ssh::Credentials cred;
   cred.agent = true;
   auto s = login("root", cred);
   BOOST_TEST(run_remote(s, "echo agent").out == "agent\n");
 
   // An agent without keys: denied, and the message says why.
-  run_ok({"ssh-add", "-D"}, {{"SSH_AUTH_SOCK", sock.string()}});
+  run_ok({"ssh-add", "-D"});
   auto s2 = ssh::Session::connect(sshd().as("root"), 5s);
   BOOST_REQUIRE(s2.ok());
   auto st = s2->authenticate("root", cred);
@@ -1297,7 +1309,8 @@ BOOST_AUTO_TEST_CASE(an_interrupt_ends_a_transfer_and_leaves_nothing_partial) {
 
 // Opt-in (KILN_SSH_BENCH=1; a few minutes): 1 GiB up and down through
 // loopback with each method, against OpenSSH's own scp on the same file and
-// server; SFTP upload must reach 0.8 of scp's throughput, with flat memory.
+// server; SFTP upload must reach 0.8 of the faster scp's throughput, with
+// flat memory.
 // KILN_SSH_BENCH_DIR puts the files elsewhere than $TMPDIR (/dev/shm leaves
 // the disk out of it).
 namespace {
@@ -1347,6 +1360,7 @@ BOOST_AUTO_TEST_CASE(benchmark_one_gibibyte_against_openssh_scp,
     argv.insert(argv.end(), extra.begin(), extra.end());
     argv.push_back(from);
     argv.push_back(to);
+    ::sync();
     auto start = Clock::now();
     run_ok(argv);
     return mb / (static_cast<double>(ms_since(start)) / 1000.0);
@@ -1356,6 +1370,9 @@ BOOST_AUTO_TEST_CASE(benchmark_one_gibibyte_against_openssh_scp,
   double peak = 0;
   auto ours = [&](const std::string& name, const std::function<Status()>& op) {
     reset_peak_rss();
+    // Each transfer starts with no dirty pages left to write by the one
+    // before (the disk, not the network, is the limit at these speeds).
+    ::sync();
     auto start = Clock::now();
     require_ok(op());
     rate[name].push_back(mb / (static_cast<double>(ms_since(start)) / 1000.0));
@@ -1386,7 +1403,10 @@ BOOST_AUTO_TEST_CASE(benchmark_one_gibibyte_against_openssh_scp,
                             << " )");
   }
   BOOST_TEST_MESSAGE("peak RSS during our transfers: " << peak << " MiB");
-  const double scp_up = median(rate["scp up (OpenSSH, SFTP protocol)"]);
+  // Against the faster of OpenSSH's two protocols, as bench/provision-speed.
+  const double scp_up = std::max(median(rate["scp up (OpenSSH, SFTP protocol)"]),
+                                 median(rate["scp -O up (OpenSSH, SCP protocol)"]));
+  BOOST_TEST_MESSAGE("kiln sftp up / faster scp: " << median(rate["kiln sftp up"]) / scp_up);
   BOOST_TEST(median(rate["kiln sftp up"]) >= 0.8 * scp_up);
   BOOST_TEST(peak < 64.0);
 }
