@@ -356,6 +356,19 @@ Result<Step> run_file(const Value& p, Environment& env, Clock::time_point deadli
   return Step{};
 }
 
+/// Runs a local command with its output going to the log line by line;
+/// `tail` keeps its last lines for an error message.
+Result<int> run_local(Environment& env, const process::Command& cmd, Clock::time_point deadline,
+                      std::deque<std::string>& tail) {
+  LineCollector out(env, tail, false), err(env, tail, true);
+  auto r = process::run_streaming(
+      cmd, [&](std::string_view c) { out(c); }, [&](std::string_view c) { err(c); },
+      remaining(deadline));
+  out.flush();
+  err.flush();
+  return r;
+}
+
 // ------------------------------------------------------------ shell-local
 
 Result<Step> run_shell_local(const Value& p, Environment& env, Clock::time_point deadline) {
@@ -430,13 +443,8 @@ Result<Step> run_shell_local(const Value& p, Environment& env, Clock::time_point
       argv.push_back(*r);
     }
     std::deque<std::string> tail;
-    LineCollector out(env, tail, false), err(env, tail, true);
-    process::Command cmd{argv[0], {argv.begin() + 1, argv.end()}, child_env, {}, {}};
-    auto r = process::run_streaming(
-        cmd, [&](std::string_view c) { out(c); }, [&](std::string_view c) { err(c); },
-        remaining(deadline));
-    out.flush();
-    err.flush();
+    auto r = run_local(env, {argv[0], {argv.begin() + 1, argv.end()}, child_env, {}, {}},
+                       deadline, tail);
     if (!r) return r.error();
     step.exit_code = *r;
     if (auto c = check_exit(*r, valid, tail, "Local command"); !c) return c.error();
@@ -481,12 +489,7 @@ Result<Step> run_ansible(const Value& p, Environment& env, Clock::time_point dea
   }
   auto stream = [&](const process::Command& cmd, const std::string& what) -> Result<int> {
     std::deque<std::string> tail;
-    LineCollector out(env, tail, false), err(env, tail, true);
-    auto r = process::run_streaming(
-        cmd, [&](std::string_view c) { out(c); }, [&](std::string_view c) { err(c); },
-        remaining(deadline));
-    out.flush();
-    err.flush();
+    auto r = run_local(env, cmd, deadline, tail);
     if (!r) return r.error();
     if (*r != 0)
       return Error(Exit::failed, what + " exited with non-zero exit status: " +
