@@ -294,14 +294,24 @@ namespace detail {
 SessionState::~SessionState() {
   if (s) {
     auto deadline = Clock::now() + kCleanupTime;
-    // libssh2 frees what is left of the SFTP subsystem with its channel
-    // when the session goes, should this not finish.
-    if (sftp) drive([&] { return libssh2_sftp_shutdown(sftp); }, deadline, false);
+    // SFTP goes first, politely while the peer answers. libssh2 frees what
+    // is left of it with its channel when the session goes, should this
+    // not finish.
+    bool sftp_done = !sftp;
+    if (sftp && orphaned_handles.empty())
+      sftp_done = drive([&] { return libssh2_sftp_shutdown(sftp); }, deadline, false) != kTimedOut;
     if (handshaken)
       drive([&] { return libssh2_session_disconnect(s, "closed by kiln"); }, deadline, false);
     // With the socket shut, whatever libssh2 still wants to send fails at
     // once instead of waiting on a peer that may be gone.
     if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+    // Handles a peer stopped answering for are freed only by a close
+    // (which fails now) and their requests by the SFTP shutdown after it.
+    for (auto* h : orphaned_handles)
+      for (int i = 0; i < 100 && libssh2_sftp_close_handle(h) == LIBSSH2_ERROR_EAGAIN; ++i) {
+      }
+    for (int i = 0; i < 100 && !sftp_done; ++i)
+      sftp_done = libssh2_sftp_shutdown(sftp) != LIBSSH2_ERROR_EAGAIN;
     for (int i = 0; i < 100 && !abandoned.empty(); ++i) reap();
     for (int i = 0; i < 100 && libssh2_session_free(s) == LIBSSH2_ERROR_EAGAIN; ++i) {
     }
@@ -317,8 +327,7 @@ using StatePtr = std::unique_ptr<detail::SessionState>;
 
 /// libssh2's socket I/O (as its own, errors as -errno) that also counts the
 /// bytes that move, for the stall timeout of transfers.
-ssize_t counted_send(libssh2_socket_t fd, const void* buf, size_t len, int flags,
-                     void** abstract) {
+ssize_t counted_send(libssh2_socket_t fd, const void* buf, size_t len, int flags, void** abstract) {
   ssize_t n = ::send(fd, buf, len, flags);
   if (n < 0) return -errno;
   static_cast<detail::SessionState*>(*abstract)->bytes_moved += static_cast<uint64_t>(n);

@@ -77,6 +77,10 @@ struct SessionState {
   LIBSSH2_SFTP* sftp = nullptr;
   /// Whether the server offers SFTP, once a transfer has asked.
   std::optional<bool> has_sftp;
+  /// SFTP handles a failed transfer could not close (the peer stopped
+  /// answering): libssh2 frees a handle only in libssh2_sftp_close_handle,
+  /// tried again when the session goes.
+  std::vector<LIBSSH2_SFTP_HANDLE*> orphaned_handles;
 
   /// Sends EOF and CLOSE for `ch` without waiting for the server's CLOSE,
   /// which OpenSSH sends only once the command has exited.

@@ -271,7 +271,8 @@ class Transfer {
   /// first step, shared by all its steps (a dead peer costs it once); at
   /// once after a stall, as a peer silent that long will not answer now.
   Clock::time_point cleanup_deadline() {
-    if (!cleanup_deadline_) cleanup_deadline_ = Clock::now() + (stalled_ ? milliseconds(0) : kCleanupTime);
+    if (!cleanup_deadline_)
+      cleanup_deadline_ = Clock::now() + (stalled_ ? milliseconds(0) : kCleanupTime);
     return *cleanup_deadline_;
   }
 
@@ -452,8 +453,9 @@ Result<bool> sftp_mkdir(Transfer& t, const std::string& path, int mode) {
   if (t.sftp_status(rc) != 0) {
     auto st = sftp_stat(t, path);
     if (st && *st && is_dir(**st)) return false;
-    if (st && *st) return Error(Exit::protocol, "creating the folder " + path + " on " +
-                                                    t.im.where + " failed: a file is in the way");
+    if (st && *st)
+      return Error(Exit::protocol, "creating the folder " + path + " on " + t.im.where +
+                                       " failed: a file is in the way");
   }
   return t.failure(rc, "creating the folder " + path);
 }
@@ -508,7 +510,8 @@ class SftpWriter {
       if (t_.sftp_status(rc) == LIBSSH2_FX_FAILURE) {
         auto st = sftp_stat(t_, path_);
         if (st && *st && is_dir(**st))
-          e.message = "creating " + path_ + " on " + t_.im.where + " failed: a folder is in the way";
+          e.message =
+              "creating " + path_ + " on " + t_.im.where + " failed: a folder is in the way";
       }
       return e;
     }
@@ -585,7 +588,9 @@ class SftpWriter {
         break;
       }
     }
-    if (h_) drive_cleanup(im, deadline, [&] { return libssh2_sftp_close_handle(h_); });
+    if (h_ &&
+        drive_cleanup(im, deadline, [&] { return libssh2_sftp_close_handle(h_); }) == kTimedOut)
+      im.orphaned_handles.push_back(h_);
     h_ = nullptr;
     if (created_)
       drive_cleanup(im, deadline, [&] {
@@ -617,8 +622,9 @@ class SftpHandle {
   SftpHandle(const SftpHandle&) = delete;
   SftpHandle& operator=(const SftpHandle&) = delete;
   ~SftpHandle() {
-    if (h_)
-      drive_cleanup(t_.im, t_.cleanup_deadline(), [&] { return libssh2_sftp_close_handle(h_); });
+    if (h_ && drive_cleanup(t_.im, t_.cleanup_deadline(),
+                            [&] { return libssh2_sftp_close_handle(h_); }) == kTimedOut)
+      t_.im.orphaned_handles.push_back(h_);
   }
   LIBSSH2_SFTP_HANDLE* get() const { return h_; }
   /// Closes it and says how that went.
@@ -685,9 +691,8 @@ Status sftp_list_tree(Transfer& t, const std::string& dir, const std::string& re
   std::vector<char> name(4096);
   for (;;) {
     LIBSSH2_SFTP_ATTRIBUTES a{};
-    int n = t.drive([&] {
-      return libssh2_sftp_readdir_ex(h.get(), name.data(), name.size(), nullptr, 0, &a);
-    });
+    int n = t.drive(
+        [&] { return libssh2_sftp_readdir_ex(h.get(), name.data(), name.size(), nullptr, 0, &a); });
     if (n == 0) break;
     if (n < 0) return t.failure(n, "listing " + dir);
     std::string entry(name.data(), static_cast<size_t>(n));
@@ -865,8 +870,7 @@ class Scp {
     channel_->finished();
     int status = libssh2_channel_get_exit_status(ch);
     if (!rest.empty() && (rest[0] == 1 || rest[0] == 2)) return refused(doing, rest.substr(1));
-    if (status != 0)
-      return refused(doing, "scp exited with status " + std::to_string(status));
+    if (status != 0) return refused(doing, "scp exited with status " + std::to_string(status));
     return {};
   }
 
@@ -1083,8 +1087,8 @@ class Stage {
       pattern = (parent / ("." + t.filename().string() + ".tmp-XXXXXX")).string();
     }
     if (!::mkdtemp(pattern.data()))
-      return Error(Exit::cantcreat, "cannot create a folder beside " + target + ": " +
-                                        errno_text(errno));
+      return Error(Exit::cantcreat,
+                   "cannot create a folder beside " + target + ": " + errno_text(errno));
     stage->dir_ = pattern;
     return stage;
   }
@@ -1151,14 +1155,15 @@ class Stage {
     for (const auto& n : names) {
       const std::string src = from + "/" + n;
       const std::string dst = to + "/" + n;
-      struct stat s {}, t {};
+      struct stat s {
+      }, t{};
       if (::lstat(src.c_str(), &s) == 0 && S_ISDIR(s.st_mode) && ::stat(dst.c_str(), &t) == 0 &&
           S_ISDIR(t.st_mode)) {
         if (auto st = merge(src, dst); !st) return st;
         ::rmdir(src.c_str());
       } else if (::rename(src.c_str(), dst.c_str()) != 0) {
-        return Error(Exit::cantcreat, "cannot move the download into place at " + dst + ": " +
-                                          errno_text(errno));
+        return Error(Exit::cantcreat,
+                     "cannot move the download into place at " + dst + ": " + errno_text(errno));
       }
     }
     return {};
@@ -1172,10 +1177,10 @@ class Stage {
 };
 
 /// A file inside a Stage: created exclusively, given its mode when done.
-Status stage_file(const std::string& path, int mode,
-                  const std::function<Status(int fd)>& fill) {
+Status stage_file(const std::string& path, int mode, const std::function<Status(int fd)>& fill) {
   Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (fd.get() < 0) return Error(Exit::cantcreat, "cannot create " + path + ": " + errno_text(errno));
+  if (fd.get() < 0)
+    return Error(Exit::cantcreat, "cannot create " + path + ": " + errno_text(errno));
   if (auto s = fill(fd.get()); !s) return s;
   if (::fchmod(fd.get(), static_cast<mode_t>(mode)) != 0)
     return Error(Exit::ioerr, "cannot set the mode of " + path + ": " + errno_text(errno));
@@ -1328,8 +1333,7 @@ Result<bool> Session::remote_is_directory(const std::string& path, TransferMetho
   return st->is_directory;
 }
 
-Status Session::make_remote_directories(const std::string& path, int mode,
-                                        TransferMethod method) {
+Status Session::make_remote_directories(const std::string& path, int mode, TransferMethod method) {
   TransferOptions opt;
   opt.method = method;
   Transfer t(*state_, opt);
@@ -1365,8 +1369,8 @@ Status Session::upload_file(const std::string& local, const std::string& remote_
   const int m = mode ? *mode & 07777 : static_cast<int>(st.st_mode & 07777);
   const auto size = static_cast<uint64_t>(st.st_size);
   t.begin(size);
-  if (auto s = put_one(t, *sftp, src, size, remote_path, m, st.st_mtim.tv_sec, st.st_atim.tv_sec,
-                       buf);
+  if (auto s =
+          put_one(t, *sftp, src, size, remote_path, m, st.st_mtim.tv_sec, st.st_atim.tv_sec, buf);
       !s)
     return s;
   t.end();
@@ -1473,8 +1477,7 @@ Status Session::upload_directory(const std::string& local_dir, const std::string
     return {};
   };
   if (made) {
-    if (auto s = scp.send(scp_times(root.st_mtim.tv_sec, root.st_atim.tv_sec), doing); !s)
-      return s;
+    if (auto s = scp.send(scp_times(root.st_mtim.tv_sec, root.st_atim.tv_sec), doing); !s) return s;
     if (auto s = scp.expect_ok(doing); !s) return s;
     if (auto s = scp.send("D" + octal(root_mode) + " 0 " + top + "\n", doing); !s) return s;
     if (auto s = scp.expect_ok("creating the folder " + dir); !s) return s;
