@@ -77,8 +77,8 @@ class Session {
   struct RemoteStat {
     bool exists = false;
     bool is_directory = false;
-    int mode = 0;       ///< permission bits (07777), when it exists
-    uint64_t size = 0;  ///< of a file
+    int mode = 0;       ///< permission bits (07777), when it exists (SFTP only: 0 by SCP)
+    uint64_t size = 0;  ///< of a file (SFTP only: 0 by SCP)
   };
 
   /// Opens a TCP connection to `ep` and does the SSH handshake, retrying a
