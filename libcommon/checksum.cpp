@@ -21,6 +21,7 @@
 #include "atomic_file.hpp"
 #include "manifest.hpp"
 #include "signals.hpp"
+#include "text.hpp"
 
 namespace kiln::checksum {
 
@@ -116,16 +117,6 @@ void digest_worker(Pipeline& p, EVP_MD_CTX* ctx) {
     if (--slot->pending == 0) p.slot_free.notify_one();
     ++next;
   }
-}
-
-// Go's filepath.Base, which Packer uses for the name on each line.
-std::string go_base(std::string_view path) {
-  if (path.empty()) return ".";
-  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
-  if (path == "/") return "/";
-  auto slash = path.rfind('/');
-  if (slash != std::string_view::npos) path.remove_prefix(slash + 1);
-  return std::string(path);
 }
 
 }  // namespace
@@ -255,7 +246,7 @@ Result<std::vector<std::string>> digest_file(
 std::string line(std::string_view hex, std::string_view file) {
   std::string s(hex);
   s += '\t';
-  s += go_base(file);
+  s += text::go_base(file);
   s += '\n';
   return s;
 }

@@ -23,6 +23,7 @@
 
 #include "atomic_file.hpp"
 #include "signals.hpp"
+#include "text.hpp"
 
 namespace kiln::compress {
 
@@ -73,15 +74,6 @@ std::string group_name(gid_t gid) {
   if (::getgrgid_r(gid, &gr, buf.data(), buf.size(), &found) == 0 && found)
     name = gr.gr_name;
   return cache[gid] = name;
-}
-
-std::string go_base(std::string_view path) {
-  if (path.empty()) return ".";
-  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
-  if (path == "/") return "/";
-  auto slash = path.rfind('/');
-  if (slash != std::string_view::npos) path.remove_prefix(slash + 1);
-  return std::string(path);
 }
 
 // A zip entry's name must be relative: drop what would climb out.
@@ -390,7 +382,7 @@ std::vector<Entry> packer_entries(const std::vector<std::string>& files, Archive
   for (const auto& f : files) {
     Entry e;
     e.source = f;
-    e.name = archive == Archive::zip ? zip_name(f) : go_base(f);
+    e.name = archive == Archive::zip ? zip_name(f) : text::go_base(f);
     entries.push_back(std::move(e));
   }
   return entries;

@@ -183,4 +183,13 @@ std::string replace_all(std::string_view s, std::string_view from,
   return out;
 }
 
+std::string go_base(std::string_view path) {
+  if (path.empty()) return ".";
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  if (path == "/") return "/";
+  auto slash = path.rfind('/');
+  if (slash != std::string_view::npos) path.remove_prefix(slash + 1);
+  return std::string(path);
+}
+
 }  // namespace kiln::text

@@ -38,6 +38,11 @@ std::string html_escape(std::string_view s);
 /// ASCII case-insensitive equality.
 bool iequals(std::string_view a, std::string_view b);
 
+/// The last element of a slash-separated path as Go's filepath.Base gives
+/// it (Packer names files with it): trailing slashes dropped, "." for "",
+/// "/" for "/".
+std::string go_base(std::string_view path);
+
 /// Replaces every occurrence of `from` (non-empty) by `to`.
 std::string replace_all(std::string_view s, std::string_view from,
                         std::string_view to);

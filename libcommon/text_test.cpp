@@ -36,3 +36,12 @@ BOOST_AUTO_TEST_CASE(lists) {
   BOOST_TEST(text::join(l, "+") == "a+b+c");
   BOOST_TEST(text::replace_all("aXbXc", "X", "--") == "a--b--c");
 }
+
+BOOST_AUTO_TEST_CASE(go_base_follows_gos_filepath_base) {
+  BOOST_TEST(kiln::text::go_base("") == ".");
+  BOOST_TEST(kiln::text::go_base("/") == "/");
+  BOOST_TEST(kiln::text::go_base("///") == "/");
+  BOOST_TEST(kiln::text::go_base("a/b/c.qcow2") == "c.qcow2");
+  BOOST_TEST(kiln::text::go_base("out/dir//") == "dir");
+  BOOST_TEST(kiln::text::go_base("plain") == "plain");
+}

@@ -11,21 +11,13 @@
 #include "compress.hpp"
 #include "json.hpp"
 #include "process.hpp"
+#include "text.hpp"
 
 namespace kiln::vagrant_box {
 
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string go_base(std::string_view path) {
-  if (path.empty()) return ".";
-  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
-  if (path == "/") return "/";
-  auto slash = path.rfind('/');
-  if (slash != std::string_view::npos) path.remove_prefix(slash + 1);
-  return std::string(path);
-}
 
 const char* const kLevelError =
     "Invalid compression level. Expected an integer from -1 to 9.";
@@ -150,7 +142,7 @@ Result<Box> make(const Options& options, const tmpl::Context& context,
   std::map<std::string, compress::Entry> files;
   for (const auto& inc : options.include) {
     compress::Entry e;
-    e.name = go_base(inc);
+    e.name = text::go_base(inc);
     e.source = inc;
     files[e.name] = std::move(e);
   }
