@@ -7,7 +7,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iostream>
 #include <sstream>
+
+#include "record.hpp"
+#include "signals.hpp"
 
 namespace kiln::cli {
 
@@ -135,5 +140,56 @@ Exit usage_error(const std::string& tool, const Error& e) {
 }
 
 bool stdout_is_terminal() { return ::isatty(STDOUT_FILENO); }
+
+bool pass_record(rapidjson::Document& record, const std::string& tool, log::Logger& log,
+                 const RecordWork& work, Exit& result) {
+  log.set_build(record::build_name(record));
+  if (record::failed(record)) {
+    if (result == Exit::ok) result = static_cast<Exit>(record["error"]["exit"].GetInt());
+  } else {
+    for (const std::string& s : record::secrets(record)) log.add_secret(s);
+    if (auto st = work(record); !st) {
+      const Error& e = st.error();
+      log.report(e);
+      record::set_error(record, tool, e, record::build_name(record), {}, log.secrets());
+      if (result == Exit::ok) result = e.code;
+    }
+  }
+  if (auto w = record::write(stdout, record, stdout_is_terminal()); !w) {
+    log.report(w.error());
+    result = w.error().code;
+    return false;
+  }
+  return true;
+}
+
+Exit pass_records(const std::string& input, const std::string& tool, log::Logger& log,
+                  const RecordWork& work) {
+  std::ifstream file;
+  if (input != "-") {
+    file.open(input);
+    if (!file) {
+      log.report(Error(Exit::noinput, "cannot read " + input));
+      return Exit::noinput;
+    }
+  }
+  record::Reader in(input == "-" ? std::cin : file, input);
+  Exit result = Exit::ok;
+  for (;;) {
+    auto next = in.next();
+    if (!next) {
+      log.report(next.error());
+      rapidjson::Document rec = record::make();
+      record::set_error(rec, tool, next.error());
+      (void)record::write(stdout, rec, stdout_is_terminal());
+      return next.error().code;
+    }
+    if (!next->has_value()) break;
+    rapidjson::Document rec = std::move(**next);
+    if (!pass_record(rec, tool, log, work, result)) return result;
+    if (signals::interrupted()) return Exit::interrupted;
+  }
+  return result;
+}
 
 }  // namespace kiln::cli

@@ -5,10 +5,12 @@
 /// (--help, --version, -v, -q, --log-format, --color), --help in 80 columns
 /// on stdout, and one specific line on stderr (exit 64) for a bad option.
 
+#include <functional>
 #include <string>
 #include <vector>
 
 #include <boost/program_options.hpp>
+#include <rapidjson/document.h>
 
 #include "log.hpp"
 #include "result.hpp"
@@ -69,5 +71,24 @@ Exit usage_error(const std::string& tool, const Error& e);
 
 /// True when stdout is a terminal (records are then pretty-printed).
 bool stdout_is_terminal();
+
+/// What a tool does to one build record that carries no error.
+using RecordWork = std::function<Status(rapidjson::Document& record)>;
+
+/// Passes one record through a tool: a failed record (an earlier stage's
+/// error) goes on untouched; otherwise the record's secrets are registered
+/// with `log`, `work` runs, and an Error it returns is reported once and
+/// becomes the record's error section. The record is then written to
+/// stdout. `result` keeps the first failure's exit status. Returns false
+/// when stdout cannot be written (`result` then says so).
+bool pass_record(rapidjson::Document& record, const std::string& tool, log::Logger& log,
+                 const RecordWork& work, Exit& result);
+
+/// Reads the records of `input` ("-" = stdin) and passes each through
+/// pass_record. An unreadable input or record is reported (and written as
+/// an error record). Returns the first failure's status, or
+/// Exit::interrupted once a signal has come.
+Exit pass_records(const std::string& input, const std::string& tool, log::Logger& log,
+                  const RecordWork& work);
 
 }  // namespace kiln::cli

@@ -276,7 +276,6 @@ char ask_on_terminal(const std::string& failure) {
 
 Exit run(const Options& o) {
   log::Logger log = cli::make_logger("provision", o.common);
-  const bool pretty = cli::stdout_is_terminal();
   const bool terminal = ::isatty(STDERR_FILENO) == 1;
 
   provision::Options po;
@@ -301,67 +300,22 @@ Exit run(const Options& o) {
     };
   }
 
-  auto handle = [&](rapidjson::Document& rec, Exit& result) -> bool {
-    log.set_build(record::build_name(rec));
-    if (record::failed(rec)) {
-      int code = rec["error"]["exit"].GetInt();
-      if (result == Exit::ok) result = static_cast<Exit>(code);
-    } else {
-      for (const std::string& s : record::secrets(rec)) log.add_secret(s);
-      po.secrets = log.secrets();
-      if (auto st = provision::provision(rec, po); !st) {
-        Error e = st.error();
-        log.report(e);
-        record::set_error(rec, "provision", e, record::build_name(rec), {}, log.secrets());
-        if (result == Exit::ok) result = e.code;
-      }
-    }
-    if (auto w = record::write(stdout, rec, pretty); !w) {
-      log.report(w.error());
-      result = w.error().code;
-      return false;
-    }
-    return true;
-  };
-
-  Exit result = Exit::ok;
-  if (!o.host.empty()) {
-    auto rec = standalone_record(o, po.passphrase, po.password);
-    log.add_secret(po.password);
-    log.add_secret(po.passphrase);
+  auto work = [&](rapidjson::Document& rec) -> Status {
     po.secrets = log.secrets();
-    if (!rec) {
-      log.report(rec.error());
-      return rec.error().code;
-    }
-    handle(*rec, result);
-    return signals::interrupted() ? Exit::interrupted : result;
-  }
+    return provision::provision(rec, po);
+  };
+  if (o.host.empty()) return cli::pass_records(o.input, "provision", log, work);
 
-  std::ifstream file;
-  if (o.input != "-") {
-    file.open(o.input);
-    if (!file) {
-      log.report(Error(Exit::noinput, "cannot read " + o.input));
-      return Exit::noinput;
-    }
+  auto rec = standalone_record(o, po.passphrase, po.password);
+  log.add_secret(po.password);
+  log.add_secret(po.passphrase);
+  if (!rec) {
+    log.report(rec.error());
+    return rec.error().code;
   }
-  record::Reader in(o.input == "-" ? std::cin : file, o.input);
-  for (;;) {
-    auto next = in.next();
-    if (!next) {
-      log.report(next.error());
-      rapidjson::Document rec = record::make();
-      record::set_error(rec, "provision", next.error());
-      (void)record::write(stdout, rec, pretty);
-      return next.error().code;
-    }
-    if (!next->has_value()) break;
-    rapidjson::Document rec = std::move(**next);
-    if (!handle(rec, result)) return result;
-    if (signals::interrupted()) return Exit::interrupted;
-  }
-  return result;
+  Exit result = Exit::ok;
+  cli::pass_record(*rec, "provision", log, work, result);
+  return signals::interrupted() ? Exit::interrupted : result;
 }
 
 }  // namespace

@@ -109,41 +109,11 @@ Exit run(const Options& o) {
   if (o.list) return list_machines();
   if (!o.stop.empty()) return stop_machines(o, log);
 
-  std::ifstream file;
-  if (o.input != "-") {
-    file.open(o.input);
-    if (!file) {
-      log.report(Error(Exit::noinput, "cannot read " + o.input));
-      return Exit::noinput;
-    }
-  }
-  record::Reader in(o.input == "-" ? std::cin : file, o.input);
-  bool pretty = cli::stdout_is_terminal();
-  Exit result = Exit::ok;
   launch::Options lo;
   lo.max_lifetime = o.max_lifetime;
   lo.cache_dir = launch::default_cache_dir();
   lo.progress = [&](std::string_view m) { log.info(m); };
-  for (;;) {
-    auto next = in.next();
-    if (!next) {
-      log.report(next.error());
-      rapidjson::Document rec = record::make();
-      record::set_error(rec, "vm-launch", next.error());
-      (void)record::write(stdout, rec, pretty);
-      return next.error().code;
-    }
-    if (!next->has_value()) break;
-    rapidjson::Document rec = std::move(**next);
-    log.set_build(record::build_name(rec));
-    if (record::failed(rec)) {
-      // An earlier stage failed: pass the record on, do nothing for it.
-      int code = rec["error"]["exit"].GetInt();
-      if (result == Exit::ok) result = static_cast<Exit>(code);
-      if (auto st = record::write(stdout, rec, pretty); !st) return st.error().code;
-      continue;
-    }
-    for (const std::string& s : record::secrets(rec)) log.add_secret(s);
+  return cli::pass_records(o.input, "vm-launch", log, [&](rapidjson::Document& rec) -> Status {
     Status st;
     if (rec.HasMember("machine"))
       st = Error(Exit::dataerr, "the record already has a machine (" +
@@ -151,20 +121,11 @@ Exit run(const Options& o) {
                                                     ? rec["machine"]["id"].GetString() : "?") + ")");
     else
       st = launch::launch(rec, lo);
-    if (!st) {
-      Error e = st.error();
-      e.step = "launch";
-      log.report(e);
-      record::set_error(rec, "vm-launch", e, record::build_name(rec), {}, log.secrets());
-      if (result == Exit::ok) result = e.code;
-    }
-    if (auto w = record::write(stdout, rec, pretty); !w) {
-      log.report(w.error());
-      return w.error().code;
-    }
-    if (signals::interrupted()) return Exit::interrupted;
-  }
-  return result;
+    if (st) return st;
+    Error e = st.error();
+    e.step = "launch";
+    return e;
+  });
 }
 
 }  // namespace
