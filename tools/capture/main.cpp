@@ -1,0 +1,3 @@
+// SPDX-License-Identifier: MIT
+// capture: not written yet.
+int main() { return 70; }
