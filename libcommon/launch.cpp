@@ -173,7 +173,8 @@ int supervise(Plan& plan, int report) {
   };
   auto cleanup = [&] {
     std::error_code ec;
-    if (!fs::exists(plan.run_dir / "keep", ec)) fs::remove_all(plan.run_dir, ec);
+    if (!fs::exists(plan.run_dir / "keep", ec) && !machine::held(plan.run_dir.string()))
+      fs::remove_all(plan.run_dir, ec);
   };
   auto fail = [&](const Error& e) {
     say("error " + std::to_string(to_int(e.code)) + " " + e.message);

@@ -132,6 +132,39 @@ std::optional<Live> describe(const fs::path& dir) {
 
 }  // namespace
 
+Result<Hold> Hold::take(const std::string& run_dir) {
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec))
+    return Error(Exit::noinput, "the machine's run directory " + run_dir + " is gone");
+  if (auto st = write_file_atomically(fs::path(run_dir) / "held-by",
+                                      std::to_string(::getpid()) + "\n");
+      !st)
+    return Error(Exit::cantcreat, st.error().message);
+  return Hold(run_dir);
+}
+
+Hold::~Hold() {
+  if (dir_.empty()) return;
+  std::error_code ec;
+  if (fs::exists(fs::path(dir_) / "keep", ec))
+    fs::remove(fs::path(dir_) / "held-by", ec);
+  else
+    fs::remove_all(dir_, ec);
+}
+
+void Hold::release() {
+  std::error_code ec;
+  if (!dir_.empty()) fs::remove(fs::path(dir_) / "held-by", ec);
+  dir_.clear();
+}
+
+bool held(const std::string& run_dir) {
+  std::ifstream in(fs::path(run_dir) / "held-by");
+  int pid = 0;
+  in >> pid;
+  return pid > 0 && pid != ::getpid() && ::kill(pid, 0) == 0;
+}
+
 std::vector<Live> list() {
   std::vector<Live> out;
   auto root = run_root();
@@ -141,6 +174,7 @@ std::vector<Live> list() {
     if (!e.is_directory() || e.path().filename() == "ports") continue;
     int sup = read_pid(e.path() / "supervisor.pid");
     if (!process_alive(sup, "vm-launch")) {
+      if (held(e.path().string())) continue;  // its disk is being captured
       // A supervisor that died (kill -9) leaves its qemu and directory.
       int qemu = read_pid(e.path() / "qemu.pid");
       if (process_alive(qemu, e.path().string())) ::kill(qemu, SIGKILL);
@@ -168,6 +202,7 @@ Status stop(const std::string& id, std::chrono::milliseconds timeout, Shutdown h
     if (!process_alive(sup, "vm-launch")) {
       int qemu = read_pid(dir / "qemu.pid");
       if (process_alive(qemu, dir.string())) ::kill(qemu, SIGKILL);
+      if (held(dir.string())) break;  // the holder removes it
       fs::remove_all(dir, ec);
       break;
     }

@@ -66,6 +66,35 @@ enum class Shutdown { clean, immediate };
 Status stop(const std::string& id, std::chrono::milliseconds timeout = std::chrono::seconds(60),
             Shutdown how = Shutdown::clean);
 
+/// A claim on a machine's run directory by the process that captures its
+/// disk: while the holder lives, the supervisor leaves the directory (the
+/// disk) behind when qemu ends, list() neither lists nor removes it, and
+/// stop() counts the machine as stopped once qemu is gone. The claim is a
+/// file "held-by" with the holder's pid; a holder that dies (kill -9) no
+/// longer protects the directory, so the next list() removes it.
+class Hold {
+ public:
+  /// Errors: Exit::cantcreat (the run directory is not writable),
+  /// Exit::noinput (it does not exist: the machine is gone).
+  static Result<Hold> take(const std::string& run_dir);
+  Hold(Hold&& o) noexcept : dir_(std::move(o.dir_)) { o.dir_.clear(); }
+  Hold& operator=(Hold&&) = delete;
+  Hold(const Hold&) = delete;
+  /// Removes the run directory (unless a "keep" file asks to keep it).
+  ~Hold();
+  const std::string& dir() const { return dir_; }
+  /// Gives the directory back to the machine's supervisor (the machine
+  /// stays running) instead of removing it.
+  void release();
+
+ private:
+  explicit Hold(std::string dir) : dir_(std::move(dir)) {}
+  std::string dir_;
+};
+
+/// True when a live process holds `run_dir` (see Hold).
+bool held(const std::string& run_dir);
+
 /// True when process `pid` exists and its command line mentions `marker`
 /// (guards against a recycled pid).
 bool process_alive(int pid, const std::string& marker);

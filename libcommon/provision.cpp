@@ -28,21 +28,24 @@ std::chrono::milliseconds seconds_of(const Value& obj, const char* key, double f
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
-/// The communicator's settings from the machine section and the builder.
-communicator::Target target_of(const rapidjson::Document& record, const Value& comm,
-                               const Value& builder, const Options& o) {
+}  // namespace
+
+communicator::Target machine_target(const rapidjson::Document& record,
+                                    const std::string& passphrase, const std::string& password) {
+  const Value& comm = record["machine"]["communicator"];
+  const Value& builder = record["build"]["builder"];
   communicator::Target t;
   t.endpoint.host = string_or(comm, "host", "127.0.0.1");
   t.endpoint.port = static_cast<int>(number_or(comm, "port", 22));
   t.endpoint.user = string_or(comm, "username");
   t.credentials.private_key_file = string_or(comm, "private_key_file");
-  t.credentials.passphrase = o.passphrase;
+  t.credentials.passphrase = passphrase;
   t.credentials.agent = bool_or(comm, "agent");
   if (auto ref = string_or(comm, "password_ref"); !ref.empty()) {
     if (const Value* pw = rapidjson::Pointer(ref.c_str()).Get(record); pw && pw->IsString())
       t.credentials.password = pw->GetString();
   }
-  if (!o.password.empty()) t.credentials.password = o.password;
+  if (!password.empty()) t.credentials.password = password;
   t.host_key = string_or(comm, "host_key", string_or(comm, "host_key_fingerprint"));
   t.keepalive_seconds = static_cast<int>(number_or(builder, "ssh_keep_alive_interval", 5));
   t.read_write_timeout = seconds_of(builder, "ssh_read_write_timeout", 0);
@@ -52,6 +55,8 @@ communicator::Target target_of(const rapidjson::Document& record, const Value& c
                                  : ssh::Session::TransferMethod::automatic;
   return t;
 }
+
+namespace {
 
 /// Packer's generated data for templates and local commands.
 std::map<std::string, std::string> generated_of(const Value& machine, const Value& build) {
@@ -154,7 +159,7 @@ Status provision(rapidjson::Document& record, const Options& o) {
   const bool any = list && !list->Empty();
 
   if (string_or(comm_section, "type") == "ssh" && any) {
-    comm.emplace(target_of(record, comm_section, builder, o));
+    comm.emplace(machine_target(record, o.passphrase, o.password));
     say("connecting to " + comm->where());
     if (auto st = comm->connect(seconds_of(builder, "ssh_timeout", 300)); !st) {
       Error e = st.error();

@@ -47,6 +47,13 @@ struct Options {
 /// provisioner::run, plus Exit::dataerr (no machine in the record).
 Status provision(rapidjson::Document& record, const Options& options);
 
+/// How to reach the record's machine: its communicator section (host, port,
+/// user, key file, pinned host key, the record's password) and the
+/// builder's SSH settings; `passphrase` and `password` as in Options.
+communicator::Target machine_target(const rapidjson::Document& record,
+                                    const std::string& passphrase = {},
+                                    const std::string& password = {});
+
 /// The `ssh` command line that logs in to the record's machine.
 std::string ssh_command(const rapidjson::Value& record);
 

@@ -4,9 +4,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
+#include <filesystem>
 
 #include <rapidjson/pointer.h>
 
+#include "digest.hpp"
 #include "exit_code.hpp"
 #include "json.hpp"
 #include "log.hpp"
@@ -95,6 +98,33 @@ rapidjson::Document make() {
   rapidjson::Document doc(rapidjson::kObjectType);
   doc.AddMember("kiln", kVersion, doc.GetAllocator());
   return doc;
+}
+
+rapidjson::Document make_standalone(const std::string& name, const std::string& type) {
+  rapidjson::Document rec = make();
+  auto& a = rec.GetAllocator();
+  using rapidjson::Value;
+  Value builder(rapidjson::kObjectType);
+  builder.AddMember("type", Value(type, a), a);
+  Value template_info(rapidjson::kObjectType);
+  template_info.AddMember("path", "", a);
+  std::error_code ec;
+  template_info.AddMember("dir", Value(std::filesystem::current_path(ec).string(), a), a);
+  template_info.AddMember("sha256", Value(digest::sha256_hex(""), a), a);
+  Value build(rapidjson::kObjectType);
+  build.AddMember("name", Value(name, a), a);
+  build.AddMember("type", Value(type, a), a);
+  build.AddMember("builder", builder, a);
+  build.AddMember("provisioners", Value(rapidjson::kArrayType), a);
+  build.AddMember("post_processors", Value(rapidjson::kArrayType), a);
+  build.AddMember("captures", Value(rapidjson::kArrayType), a);
+  build.AddMember("on_error", "cleanup", a);
+  build.AddMember("template", template_info, a);
+  build.AddMember("run_uuid", Value(digest::random_uuid(), a), a);
+  build.AddMember("timestamp", static_cast<int64_t>(std::time(nullptr)), a);
+  build.AddMember("sensitive", Value(rapidjson::kArrayType), a);
+  rec.AddMember("build", build, a);
+  return rec;
 }
 
 namespace {

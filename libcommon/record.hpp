@@ -55,6 +55,13 @@ bool failed(const rapidjson::Value& record);
 /// A new record {"kiln": 1}.
 rapidjson::Document make();
 
+/// A record for a tool used without one (provision --host, capture --disk,
+/// artifact-post --artifact): a build named `name` of builder type `type`
+/// with no provisioners, post-processors or captures, on_error=cleanup, no
+/// template (its folder is the current one), a fresh run_uuid and the
+/// current time. Callers add to build.builder and the lists.
+rapidjson::Document make_standalone(const std::string& name, const std::string& type);
+
 /// Adds (or replaces) the "error" section describing `e`, raised by `tool`
 /// for build `build` ("" when unknown). `extra` may list further errors
 /// found in the same pass (they go to error.errors). Messages are redacted

@@ -15,7 +15,6 @@
 
 #include "atomic_file.hpp"
 #include "cli.hpp"
-#include "digest.hpp"
 #include "gotime.hpp"
 #include "log.hpp"
 #include "provision.hpp"
@@ -147,7 +146,7 @@ std::string first_line_of(const std::string& path, Error& failure) {
 /// the steps given, and its machine, the host.
 Result<rapidjson::Document> standalone_record(const Options& o, std::string& passphrase,
                                               std::string& password) {
-  rapidjson::Document rec = record::make();
+  rapidjson::Document rec = record::make_standalone(o.name, "null");
   auto& a = rec.GetAllocator();
   auto str = [&](const std::string& s) { return rapidjson::Value(s, a); };
   Error failure;
@@ -164,7 +163,6 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
     const char* u = std::getenv("USER");
     user = u ? u : "root";
   }
-  const std::string cwd = fs::current_path().string();
 
   rapidjson::Value builder(rapidjson::kObjectType);
   builder.AddMember("type", "null", a);
@@ -206,25 +204,8 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
     provisioners.PushBack(p, a);
   }
 
-  rapidjson::Value template_info(rapidjson::kObjectType);
-  template_info.AddMember("path", "", a);
-  template_info.AddMember("dir", str(cwd), a);
-  template_info.AddMember("sha256", str(digest::sha256_hex("")), a);
-  rapidjson::Value sensitive(rapidjson::kArrayType);
-
-  rapidjson::Value build(rapidjson::kObjectType);
-  build.AddMember("name", str(o.name), a);
-  build.AddMember("type", "null", a);
-  build.AddMember("builder", builder, a);
-  build.AddMember("provisioners", provisioners, a);
-  build.AddMember("post_processors", rapidjson::Value(rapidjson::kArrayType), a);
-  build.AddMember("captures", rapidjson::Value(rapidjson::kArrayType), a);
-  build.AddMember("on_error", "cleanup", a);
-  build.AddMember("template", template_info, a);
-  build.AddMember("run_uuid", str(digest::random_uuid()), a);
-  build.AddMember("timestamp", static_cast<int64_t>(std::time(nullptr)), a);
-  build.AddMember("sensitive", sensitive, a);
-  rec.AddMember("build", build, a);
+  rec["build"]["builder"] = builder;
+  rec["build"]["provisioners"] = provisioners;
 
   rapidjson::Value comm(rapidjson::kObjectType);
   comm.AddMember("type", "ssh", a);
