@@ -63,7 +63,7 @@ const std::vector<Step>& steps() {
 )sh"},
       {{"shell-history",
         "remove the shell and REPL histories of root and of every /home/* user "
-        "(.bash_history, .ash_history, .zsh_history, fish, python, mysql, psql...)sh"},
+        "(.bash_history, .ash_history, .zsh_history, fish, python, mysql, psql...)"},
        "sysprep_shell_history",
        R"sh(  for h in "$R/root" "$R"/home/*; do
     if [ ! -d "$h" ] || [ -L "$h" ]; then continue; fi
@@ -74,13 +74,13 @@ const std::vector<Step>& steps() {
   done
   return 0
 )sh"},
-      {{"tmp", "remove everything in /tmp and /var/tmp (the folders stay)sh"},
+      {{"tmp", "remove everything in /tmp and /var/tmp (the folders stay)"},
        "sysprep_tmp",
        R"sh(  empty_dirs "$R/tmp" "$R/var/tmp"
 )sh"},
       {{"dhcp-leases",
         "remove DHCP leases and DUIDs (/var/lib/dhcp, /var/lib/dhclient, /var/lib/dhcpcd, "
-        "NetworkManager's leases)sh"},
+        "NetworkManager's leases)"},
        "sysprep_dhcp_leases",
        R"sh(  for d in "$R/var/lib/dhcp" "$R/var/lib/dhclient" "$R/var/lib/dhcpcd" "$R/var/db/dhcpcd"; do
     if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi
@@ -90,7 +90,7 @@ const std::vector<Step>& steps() {
 )sh"},
       {{"package-cache",
         "remove downloaded packages and package indexes' caches (apt's "
-        "/var/cache/apt, dnf, yum, zypper, apk, pacman)sh"},
+        "/var/cache/apt, dnf, yum, zypper, apk, pacman)"},
        "sysprep_package_cache",
        R"sh(  remove_files "$R"/var/cache/apt/archives/*.deb "$R"/var/cache/apt/archives/partial/* \
     "$R"/var/cache/apt/*.bin || return 1
