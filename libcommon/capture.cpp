@@ -169,16 +169,18 @@ Result<bool> shut_down(const Machine& m, const Value& builder, const std::string
   }
   if (signals::interrupted()) return Error(Exit::interrupted, "interrupted");
   acpi(why);
-  if (m.wait_gone(Clock::now() + std::min<std::chrono::milliseconds>(timeout, 30s))) {
+  const auto grace = std::clamp<std::chrono::milliseconds>(timeout, 5s, 30s);
+  if (m.wait_gone(Clock::now() + grace)) {
     warn("the machine shut down after the ACPI power-down");
     return false;
   }
   if (signals::interrupted()) return Error(Exit::interrupted, "interrupted");
-  warn(why + ", nor after an ACPI power-down: killing it");
+  const std::string waited = std::to_string(grace.count() / 1000) + " s";
+  warn(why + ", nor " + waited + " after an ACPI power-down: killing it");
   (void)machine::stop(m.id, 30s, machine::Shutdown::immediate);
   if (!bool_or(builder, "allow_unclean_shutdown"))
     return Error(Exit::tempfail,
-                 why + ", nor 30 s after an ACPI power-down; it was killed, and its disk may be "
+                 why + ", nor " + waited + " after an ACPI power-down; it was killed, and its disk may be "
                        "inconsistent (allow_unclean_shutdown: true captures it anyway)");
   return true;
 }

@@ -162,7 +162,7 @@ bool held(const std::string& run_dir) {
   std::ifstream in(fs::path(run_dir) / "held-by");
   int pid = 0;
   in >> pid;
-  return pid > 0 && pid != ::getpid() && ::kill(pid, 0) == 0;
+  return pid > 0 && ::kill(pid, 0) == 0;
 }
 
 std::vector<Live> list() {
