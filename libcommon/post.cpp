@@ -261,7 +261,8 @@ Result<Outcome> run_manifest(const Value& pp, const ArtifactPtr& in, Job& job) {
       if (!v)
         return Error(Exit::dataerr,
                      "custom_data \"" + std::string(m.name.GetString()) + "\": " + v.error().message);
-      data[m.name.GetString()] = *v;
+      // A sensitive value never reaches a manifest.
+      data[m.name.GetString()] = log::redact(*v, job.options.secrets);
     }
     mo.custom_data = std::move(data);
   }
