@@ -1,0 +1,12 @@
+# fish completion for artifact-post(1)
+complete -c artifact-post -l artifact -r -F -d 'post-process this file instead of records'
+complete -c artifact-post -l post -x -a 'checksum compress manifest vagrant artifice shell-local' -d 'a chain to run: a type or JSON'
+complete -c artifact-post -l post-file -r -F -d 'chains from a Packer post-processors array'
+complete -c artifact-post -l name -x -d 'the build name'
+complete -c artifact-post -l records -r -F -d 'the records to read'
+complete -c artifact-post -s h -l help -d 'show the help'
+complete -c artifact-post -l version -d 'show the version'
+complete -c artifact-post -s v -l verbose -d 'more detail on stderr'
+complete -c artifact-post -s q -l quiet -d 'only errors on stderr'
+complete -c artifact-post -l log-format -x -a 'human json' -d 'log format'
+complete -c artifact-post -l color -x -a 'auto always never' -d 'colour on stderr'
