@@ -122,12 +122,15 @@ std::string format_name(const compress::Format& f) {
 }
 
 /// Packer's Destroy: the builder's artifact removes its output directory,
-/// the others their files; the null builder's removes nothing. Appends
+/// the others their files; the null builder's and the files given with
+/// --artifact remove nothing. Appends
 /// what went to `removed`.
 Status destroy(Artifact& art, std::vector<std::string>& removed) {
   if (art.destroyed) return {};
   art.destroyed = true;
-  if (art.builder_id() == kNullBuilder) return {};
+  // The null builder exported nothing; files given with --artifact are the
+  // user's own, never a build's output to clean up.
+  if (art.builder_id() == kNullBuilder || art.builder_id() == kFilesBuilder) return {};
   std::vector<std::string> paths;
   if (std::string dir = string_or(art.json, "directory"); !dir.empty())
     paths.push_back(dir);
