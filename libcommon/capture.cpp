@@ -80,29 +80,6 @@ struct Machine {
   }
 };
 
-/// A shell provisioner for a script kiln runs on the machine itself.
-rapidjson::Document shell_step(const std::string& script, bool as_root_via_sudo) {
-  rapidjson::Document p(rapidjson::kObjectType);
-  auto& a = p.GetAllocator();
-  p.AddMember("type", "shell", a);
-  Value lines(rapidjson::kArrayType);
-  lines.PushBack(Value(script, a), a);
-  p.AddMember("inline", lines, a);
-  Value codes(rapidjson::kArrayType);
-  codes.PushBack(0, a);
-  p.AddMember("valid_exit_codes", codes, a);
-  p.AddMember("inline_shebang", "/bin/sh", a);
-  p.AddMember("remote_folder", "/tmp", a);
-  p.AddMember("start_retry_timeout", 60.0, a);
-  p.AddMember("env_var_format", "%s='%s' ", a);
-  p.AddMember("execute_command",
-              Value(as_root_via_sudo ? "chmod +x {{.Path}}; sudo -n {{.Vars}} {{.Path}}"
-                                     : "chmod +x {{.Path}}; {{.Vars}} {{.Path}}",
-                    a),
-              a);
-  return p;
-}
-
 /// Packer's qemu shutdown step, with kiln's ACPI power-down before a kill.
 /// Returns whether the machine had to be killed.
 Result<bool> shut_down(const Machine& m, const Value& builder, const std::string& comm_type,
@@ -334,7 +311,11 @@ Status capture(rapidjson::Document& record, const Options& o) {
     env.comm = &*comm;
     env.output = o.output;
     const bool sudo = string_or(mach["communicator"], "username") != "root";
-    auto step = shell_step(*script, sudo);
+    rapidjson::Document holder;
+    const Value step = provisioner::make_shell(
+        {*script}, false, "/bin/sh",
+        sudo ? "chmod +x {{.Path}}; sudo -n {{.Vars}} {{.Path}}" : "chmod +x {{.Path}}; {{.Vars}} {{.Path}}",
+        holder.GetAllocator());
     if (auto r = provisioner::run(step, env, 300s); !r) {
       Error e = r.error();
       e.step = "sysprep";

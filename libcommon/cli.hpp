@@ -12,8 +12,10 @@
 #include <boost/program_options.hpp>
 #include <rapidjson/document.h>
 
+#include "exit_code.hpp"
 #include "log.hpp"
 #include "result.hpp"
+#include "signals.hpp"
 
 namespace kiln::cli {
 
@@ -90,5 +92,21 @@ bool pass_record(rapidjson::Document& record, const std::string& tool, log::Logg
 /// Exit::interrupted once a signal has come.
 Exit pass_records(const std::string& input, const std::string& tool, log::Logger& log,
                   const RecordWork& work);
+
+/// A tool's main(): Ctrl-C and SIGTERM are caught for the whole run
+/// (signals::InterruptGuard), `parse` reads the command line (a usage error
+/// is one line on stderr, exit 64; --help and --version stop there), then
+/// `run` does the work and its Exit is the process's status.
+template <class Options>
+int main(const std::string& tool, int argc, char* argv[],
+         Result<Outcome> (*parse)(int, const char* const[], Options&),
+         Exit (*run)(const Options&)) {
+  signals::InterruptGuard guard;
+  Options options;
+  auto parsed = parse(argc, argv, options);
+  if (!parsed) return to_int(usage_error(tool, parsed.error()));
+  if (parsed->stop) return to_int(parsed->exit);
+  return to_int(run(options));
+}
 
 }  // namespace kiln::cli

@@ -609,6 +609,25 @@ std::string go_sprintf(std::string_view format, const std::vector<std::string>& 
   return out;
 }
 
+rapidjson::Value make_shell(const std::vector<std::string>& lines, bool scripts,
+                            std::string_view shebang, std::string_view execute_command,
+                            rapidjson::Document::AllocatorType& a) {
+  Value p(rapidjson::kObjectType);
+  p.AddMember("type", "shell", a);
+  Value list(rapidjson::kArrayType);
+  for (const std::string& l : lines) list.PushBack(Value(l, a), a);
+  p.AddMember(rapidjson::StringRef(scripts ? "scripts" : "inline"), list, a);
+  Value codes(rapidjson::kArrayType);
+  codes.PushBack(0, a);
+  p.AddMember("valid_exit_codes", codes, a);
+  p.AddMember("inline_shebang", Value(std::string(shebang), a), a);
+  p.AddMember("remote_folder", "/tmp", a);
+  p.AddMember("start_retry_timeout", 300.0, a);
+  p.AddMember("env_var_format", "%s='%s' ", a);
+  p.AddMember("execute_command", Value(std::string(execute_command), a), a);
+  return p;
+}
+
 std::string flattened_vars(const Value& p, const Environment& env) {
   std::map<std::string, std::string> vars;
   vars["PACKER_BUILD_NAME"] = env.build_name;

@@ -57,6 +57,14 @@ struct Step {
 Result<Step> run(const rapidjson::Value& p, Environment& env,
                  std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
 
+/// A shell provisioner kiln makes itself (provision --inline and --script,
+/// capture's sysprep) with the settings template-validate would fill in:
+/// `lines` are the inline commands, or with `scripts` the local scripts to
+/// upload; /tmp as remote folder; exit status 0 only.
+rapidjson::Value make_shell(const std::vector<std::string>& lines, bool scripts,
+                            std::string_view shebang, std::string_view execute_command,
+                            rapidjson::Document::AllocatorType& a);
+
 /// Packer's flattened environment variables ({{.Vars}}): PACKER_BUILD_NAME,
 /// PACKER_BUILDER_TYPE, the HTTP server's address when there is one, then
 /// `environment_vars` and `env`, sorted by name, single quotes escaped,

@@ -18,6 +18,7 @@
 #include "gotime.hpp"
 #include "log.hpp"
 #include "provision.hpp"
+#include "provisioner.hpp"
 #include "record.hpp"
 #include "signals.hpp"
 
@@ -188,18 +189,9 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
       p.AddMember("sources", sources, a);
       p.AddMember("destination", str(s.value.substr(colon + 1)), a);
     } else {
-      p.AddMember("type", "shell", a);
-      rapidjson::Value lines(rapidjson::kArrayType);
-      lines.PushBack(str(s.kind == "script" ? fs::absolute(s.value).string() : s.value), a);
-      p.AddMember(rapidjson::StringRef(s.kind == "script" ? "scripts" : "inline"), lines, a);
-      rapidjson::Value codes(rapidjson::kArrayType);
-      codes.PushBack(0, a);
-      p.AddMember("valid_exit_codes", codes, a);
-      p.AddMember("inline_shebang", "/bin/sh -e", a);
-      p.AddMember("remote_folder", "/tmp", a);
-      p.AddMember("start_retry_timeout", 300.0, a);
-      p.AddMember("env_var_format", "%s='%s' ", a);
-      p.AddMember("execute_command", "chmod +x {{.Path}}; {{.Vars}} {{.Path}}", a);
+      p = provisioner::make_shell(
+          {s.kind == "script" ? fs::absolute(s.value).string() : s.value}, s.kind == "script",
+          "/bin/sh -e", "chmod +x {{.Path}}; {{.Vars}} {{.Path}}", a);
     }
     provisioners.PushBack(p, a);
   }
@@ -302,10 +294,5 @@ Exit run(const Options& o) {
 }  // namespace
 
 int main(int argc, char* argv[]) {
-  kiln::signals::InterruptGuard guard;
-  Options options;
-  auto parsed = parse_argv(argc, argv, options);
-  if (!parsed) return kiln::to_int(kiln::cli::usage_error("provision", parsed.error()));
-  if (parsed->stop) return kiln::to_int(parsed->exit);
-  return kiln::to_int(run(options));
+  return kiln::cli::main<Options>("provision", argc, argv, parse_argv, run);
 }

@@ -144,10 +144,5 @@ Exit run(const Options& o) {
 }  // namespace
 
 int main(int argc, char* argv[]) {
-  kiln::signals::InterruptGuard guard;
-  Options options;
-  auto parsed = parse_argv(argc, argv, options);
-  if (!parsed) return kiln::to_int(kiln::cli::usage_error("template-validate", parsed.error()));
-  if (parsed->stop) return kiln::to_int(parsed->exit);
-  return kiln::to_int(run(options));
+  return kiln::cli::main<Options>("template-validate", argc, argv, parse_argv, run);
 }

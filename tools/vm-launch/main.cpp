@@ -131,10 +131,5 @@ Exit run(const Options& o) {
 }  // namespace
 
 int main(int argc, char* argv[]) {
-  kiln::signals::InterruptGuard guard;
-  Options options;
-  auto parsed = parse_argv(argc, argv, options);
-  if (!parsed) return kiln::to_int(kiln::cli::usage_error("vm-launch", parsed.error()));
-  if (parsed->stop) return kiln::to_int(parsed->exit);
-  return kiln::to_int(run(options));
+  return kiln::cli::main<Options>("vm-launch", argc, argv, parse_argv, run);
 }
