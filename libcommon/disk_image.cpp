@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -359,10 +360,13 @@ namespace {
 
 /// Puts qemu-img in a process group of its own: a terminal's Ctrl-C then
 /// reaches only the tool, which ends its children in order and cleans up.
+/// If the tool itself is killed (kill -9), qemu-img gets SIGKILL too, so
+/// that no conversion goes on writing for nobody.
 struct OwnProcessGroup : bp::extend::handler {
   template <class Executor>
   void on_exec_setup(Executor&) const {
     ::setpgid(0, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   }
 };
 
