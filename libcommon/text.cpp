@@ -108,6 +108,17 @@ bool glob_match(std::string_view pattern, std::string_view name) {
   return p == pattern.size();
 }
 
+std::vector<std::string> split_lines(std::string_view s) {
+  std::vector<std::string> lines;
+  while (!s.empty()) {
+    size_t nl = s.find('\n');
+    lines.emplace_back(s.substr(0, nl));
+    if (nl == std::string_view::npos) break;
+    s.remove_prefix(nl + 1);
+  }
+  return lines;
+}
+
 std::vector<std::string> split_list(std::string_view s, char sep) {
   std::vector<std::string> out;
   size_t start = 0;

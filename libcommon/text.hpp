@@ -21,6 +21,9 @@ std::string suggest(std::string_view word,
 /// beyond "\\x" meaning a literal x.
 bool glob_match(std::string_view pattern, std::string_view name);
 
+/// The lines of `s` without their newlines (a last line without one too).
+std::vector<std::string> split_lines(std::string_view s);
+
 /// Splits on `sep`, trimming spaces around each item and dropping empties.
 std::vector<std::string> split_list(std::string_view s, char sep = ',');
 
