@@ -151,6 +151,18 @@ class Ui {
     for (const auto& d : data) s += "," + mr_escape(d);
     line_raw(s);
   }
+  /// A closing line: after an empty line ("\n" in machine-readable form).
+  void headline(const std::string& text, bool error = false) {
+    std::lock_guard<std::mutex> lock(m_);
+    if (o_.machine_readable) {
+      line_raw(",ui," + std::string(error ? "error" : "say") + "," + mr_escape("\n==> " + text));
+      return;
+    }
+    line("");
+    std::string s = "==> " + text;
+    if (color_) s = "\033[" + std::string(error ? "1;31" : "1;32") + "m" + s + "\033[0m";
+    line(s);
+  }
   void plain(const std::string& text) {
     std::lock_guard<std::mutex> lock(m_);
     if (o_.machine_readable) line_raw(",ui,say," + mr_escape(text));
@@ -201,6 +213,24 @@ std::string artifact_string(const rapidjson::Value& art) {
   if (id == "mitchellh.post-processor.vagrant")
     return "'" + string_or(art, "id") + "' provider box: " + (files.empty() ? std::string() : files[0]);
   return "Created artifact from files: " + text::join(files, ", ");
+}
+
+/// A duration as Packer prints it: its two largest units ("1 minute 2
+/// seconds", "4 milliseconds 781 microseconds").
+std::string go_duration(std::chrono::steady_clock::duration d) {
+  long long us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+  const std::pair<long long, const char*> units[] = {
+      {3600LL * 1000000, "hour"}, {60LL * 1000000, "minute"}, {1000000, "second"},
+      {1000, "millisecond"}, {1, "microsecond"}};
+  std::vector<std::string> parts;
+  for (const auto& [size, name] : units) {
+    long long n = us / size;
+    us %= size;
+    if (n == 0 && parts.empty()) continue;
+    if (n > 0) parts.push_back(std::to_string(n) + " " + name + (n == 1 ? "" : "s"));
+    if (parts.size() == 2 || (!parts.empty() && n == 0)) break;
+  }
+  return parts.empty() ? "0 seconds" : text::join(parts, " ");
 }
 
 /// The log file kept beside a build's artifacts: <output_directory>.log.
@@ -283,12 +313,10 @@ Exit run(const Options& o) {
     }
   } remove_work{work};
 
-  for (const auto& r : records) {
-    const std::string name = record::build_name(r);
-    if (!o.machine_readable) ui.plain(name + ": output will be in this color.");
-    ui.machine(name, "ui", {"say", name + ": output will be in this color."});
+  if (!o.machine_readable) {
+    for (const auto& r : records) ui.plain(record::build_name(r) + ": output will be in this color.");
+    ui.plain("");
   }
-  if (!o.machine_readable) ui.plain("");
 
   std::mutex pause_mutex;
   std::vector<BuildResult> results(records.size());
@@ -330,11 +358,13 @@ Exit run(const Options& o) {
           if (tty) std::getline(tty, line);
         };
       results[i].name = name;
+      const auto began = std::chrono::steady_clock::now();
       results[i].outcome = pipeline::run(rec, po);
       const auto& out = results[i].outcome;
+      const std::string took = go_duration(std::chrono::steady_clock::now() - began);
       if (logfile) logfile << (out.ok ? "finished\n" : "errored: " + out.message + "\n");
-      if (out.ok) ui.say("", "Build '" + name + "' finished.");
-      else ui.say("", "Build '" + name + "' errored: " + out.message, true);
+      if (out.ok) ui.plain("Build '" + name + "' finished after " + took + ".");
+      else ui.say("", "Build '" + name + "' errored after " + took + ": " + out.message, true);
       if (!out.ok) ui.machine(name, "error", {out.message});
     }
   };
@@ -346,13 +376,11 @@ Exit run(const Options& o) {
   bool any_failed = false;
   for (const auto& r : results) any_failed = any_failed || !r.outcome.ok;
   if (signals::interrupted()) {
-    ui.plain("");
-    ui.say("", "==> Builds cancelled: every machine was stopped; no partial artifact is left.", true);
+    ui.headline("Builds cancelled: every machine was stopped; no partial artifact is left.", true);
     return Exit::interrupted;
   }
   if (any_failed) {
-    ui.plain("");
-    ui.say("", "==> Some builds didn't complete successfully and had errors:", true);
+    ui.headline("Some builds didn't complete successfully and had errors:", true);
     for (const auto& r : results)
       if (!r.outcome.ok) ui.plain("--> " + r.name + ": " + r.outcome.message);
     ui.machine("", "error-count", {std::to_string(std::count_if(results.begin(), results.end(),
@@ -363,11 +391,10 @@ Exit run(const Options& o) {
     if (r.outcome.ok && r.outcome.record.HasMember("artifacts") &&
         !r.outcome.record["artifacts"].Empty())
       any_artifact = true;
-  ui.plain("");
   if (!any_artifact) {
-    ui.say("", "==> Builds finished but no artifacts were created.");
+    ui.headline("Builds finished but no artifacts were created.");
   } else {
-    ui.say("", "==> Builds finished. The artifacts of successful builds are:");
+    ui.headline("Builds finished. The artifacts of successful builds are:");
     for (const auto& r : results) {
       if (!r.outcome.ok || !r.outcome.record.HasMember("artifacts")) continue;
       const auto& arts = r.outcome.record["artifacts"];
