@@ -332,7 +332,11 @@ Exit run(const Options& o) {
       const std::string name = record::build_name(rec);
       const std::string dir = (fs::path(work) / std::to_string(i)).string();
       fs::create_directories(dir);
-      std::ofstream logfile(log_path(rec), std::ios::trunc);
+      const fs::path logp = log_path(rec);
+      std::error_code ec;
+      fs::create_directories(logp.parent_path(), ec);
+      std::ofstream logfile(logp, std::ios::trunc);
+      if (!logfile) ui.say(name, "warning: cannot write the build's log to " + logp.string());
       pipeline::Options po;
       po.tools_dir = tools;
       po.work_dir = dir;
