@@ -350,6 +350,7 @@ Exit run(const Options& o) {
         for (const std::string& prefix : {"build '" + name + "': "})
           if (msg.rfind(prefix, 0) == 0) msg = msg.substr(prefix.size());
         if (logfile) logfile << e.time << " " << e.tool << " " << e.level << ": " << msg << "\n" << std::flush;
+        if (o.common.verbosity < 0 && e.level != "error") return;
         ui.say(name, (e.level == "error" ? "error: " : e.level == "warning" ? "warning: " : "") + msg,
                e.level == "error");
       };
