@@ -127,6 +127,7 @@ struct Plan {
   std::string http_bind = "0.0.0.0";
   int http_min = 8000, http_max = 9000;
   long expires = 0;
+  int launcher = 0;  ///< vm-launch's pid: the machine ends if it dies before the handover
 };
 
 /// Removes a run directory unless ownership passed to a supervisor.
@@ -210,6 +211,14 @@ int supervise(Plan& plan, int report) {
 
   while (qemu.running(ec)) {
     bool stop = !signals::sleep_for(200ms) || std::time(nullptr) >= plan.expires;
+    // Until vm-launch has written machine.json (the handover), the machine
+    // is its launcher's: a launcher killed on the way (kill -9) cannot stop
+    // it, so it ends here, with nothing in it worth a clean shutdown.
+    if (!stop && plan.launcher > 0 && ::kill(plan.launcher, 0) != 0 &&
+        !fs::exists(plan.run_dir / "machine.json", ec)) {
+      end_qemu(qemu, plan.inputs.qmp_socket, false);
+      break;
+    }
     if (stop) {
       // SIGTERM (vm-launch --stop) and the end of the lifetime power the
       // guest off cleanly; SIGINT (a launch that failed or was cut short)
@@ -468,6 +477,7 @@ Status launch(rapidjson::Document& record, const Options& options) {
   plan.http_max = static_cast<int>(number_or(b, "http_port_max", 9000));
   long started = static_cast<long>(std::time(nullptr));
   plan.expires = started + static_cast<long>(options.max_lifetime.count());
+  plan.launcher = static_cast<int>(::getpid());
 
   progress("starting qemu (" + plan.id + ")");
   auto run = start_supervisor(plan);

@@ -161,8 +161,40 @@ std::optional<rapidjson::Document> read_record(const std::string& path) {
   return std::nullopt;
 }
 
+/// Removes the hidden temporary files (AtomicFile's ".NAME.tmp-XXXXXX")
+/// that a killed artifact-post left where post-processors write: beside the
+/// artifacts, in the template's folder and in the current one; only those
+/// made since `since`.
+int remove_temporaries(const rapidjson::Value& last, fs::file_time_type since) {
+  std::vector<fs::path> dirs = {fs::current_path()};
+  const rapidjson::Value& build = last["build"];
+  if (auto t = build.FindMember("template"); t != build.MemberEnd())
+    dirs.emplace_back(string_or(t->value, "dir", "."));
+  if (auto a = last.FindMember("artifacts"); a != last.MemberEnd() && a->value.IsArray())
+    for (const auto& art : a->value.GetArray()) {
+      if (auto d = string_or(art, "directory"); !d.empty()) dirs.emplace_back(d);
+      if (auto f = art.FindMember("files"); f != art.MemberEnd() && f->value.IsArray())
+        for (const auto& file : f->value.GetArray())
+          dirs.push_back(fs::path(string_or(file, "path")).parent_path());
+    }
+  int removed = 0;
+  for (const auto& dir : dirs) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string n = e.path().filename().string();
+      const auto pos = n.rfind(".tmp-");
+      if (n.size() < 2 || n[0] != '.' || pos == std::string::npos || n.size() - pos != 11) continue;
+      std::error_code ec2;
+      if (fs::last_write_time(e.path(), ec2) < since || ec2) continue;
+      if (fs::remove(e.path(), ec2)) ++removed;
+    }
+  }
+  return removed;
+}
+
 /// A stage died without a word: end what it left running or half done.
-std::string clean_up_after(const rapidjson::Value& last, const std::string& stage) {
+std::string clean_up_after(const rapidjson::Value& last, const std::string& stage,
+                           fs::file_time_type since = fs::file_time_type::min()) {
   std::string done;
   if (auto m = last.FindMember("machine"); m != last.MemberEnd() && m->value.IsObject()) {
     const std::string id = string_or(m->value, "id");
@@ -173,6 +205,10 @@ std::string clean_up_after(const rapidjson::Value& last, const std::string& stag
       else if (st.error().code != Exit::noinput)
         done += "; stopping its machine " + id + " failed: " + st.error().message;
     }
+  }
+  if (stage == "artifact-post" && since != fs::file_time_type::min()) {
+    if (int n = remove_temporaries(last, since); n > 0)
+      done += "; " + std::to_string(n) + " partial output file(s) removed";
   }
   if (stage == "capture") {
     const rapidjson::Value& b = last["build"]["builder"];
@@ -217,6 +253,7 @@ Outcome run(const rapidjson::Value& record, const Options& o) {
     args.push_back("--log-format=json");
     args.push_back(input);
     const std::string program = o.tools_dir.empty() ? stage : (fs::path(o.tools_dir) / stage).string();
+    const auto since = fs::file_time_type::clock::now();
     auto ended = run_stage(program, args, stage, output, o);
     if (!ended) {
       out.exit = ended.error().code;
@@ -230,7 +267,7 @@ Outcome run(const rapidjson::Value& record, const Options& o) {
       out.stage = stage;
       out.message = stage + (ended->signaled ? " was killed by signal " + std::to_string(ended->status - 128)
                                              : " ended (exit " + std::to_string(ended->status) + ")") +
-                    " without writing a record" + clean_up_after(out.record, stage);
+                    " without writing a record" + clean_up_after(out.record, stage, since);
       if (signals::interrupted()) out.exit = Exit::interrupted;
       return out;
     }
