@@ -83,6 +83,10 @@
 #                      artifacts (checksum files, boxes...), then
 #                      $(KILN_DIR) when it is empty.
 #
+# Functions, for recipes of your own (a smoke test that boots an image)
+#   $(call kiln-stop-machine,RECORD)
+#                      Shell code that stops RECORD's machine if it runs.
+#
 # Failure
 #   Every target is written whole or not at all: a tool writes to NAME.STAGE
 #   .json.tmp, renamed when it exits 0. When it fails, its error record is
