@@ -183,6 +183,9 @@ int supervise(Plan& plan, int report) {
     return 1;
   };
   (void)write_file_atomically(plan.run_dir / "supervisor.pid", std::to_string(::getpid()) + "\n");
+  // Who launched it, so that whoever notices the launcher's death can find
+  // the machine before the handover (kiln-build does).
+  (void)write_file_atomically(plan.run_dir / "launcher.pid", std::to_string(plan.launcher) + "\n");
 
   std::unique_ptr<HttpServer> http;
   if (!plan.http_directory.empty() || !plan.http_content.empty()) {

@@ -132,6 +132,18 @@ std::optional<Live> describe(const fs::path& dir) {
 
 }  // namespace
 
+std::string launched_by(int pid) {
+  auto root = run_root();
+  if (!root || pid <= 0) return {};
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(*root, ec)) {
+    if (!e.is_directory() || e.path().filename() == "ports") continue;
+    if (read_pid(e.path() / "launcher.pid") == pid && !fs::exists(e.path() / "machine.json"))
+      return e.path().filename().string();
+  }
+  return {};
+}
+
 Result<Hold> Hold::take(const std::string& run_dir) {
   std::error_code ec;
   if (!fs::is_directory(run_dir, ec))

@@ -66,6 +66,10 @@ enum class Shutdown { clean, immediate };
 Status stop(const std::string& id, std::chrono::milliseconds timeout = std::chrono::seconds(60),
             Shutdown how = Shutdown::clean);
 
+/// The machine that launcher process `pid` (a vm-launch) started and had
+/// not handed over yet (no machine.json), or "" when there is none.
+std::string launched_by(int pid);
+
 /// A claim on a machine's run directory by the process that captures its
 /// disk: while the holder lives, the supervisor leaves the directory (the
 /// disk) behind when qemu ends, list() neither lists nor removes it, and

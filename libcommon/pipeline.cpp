@@ -39,6 +39,7 @@ namespace {
 struct Ended {
   int status = 0;      ///< exit status, or 128+N when ended by signal N
   bool signaled = false;
+  int pid = 0;
 };
 
 Event event_of(const std::string& line, const std::string& tool) {
@@ -139,6 +140,7 @@ Result<Ended> run_stage(const std::string& program, const std::vector<std::strin
     ::usleep(50 * 1000);
   }
   Ended e;
+  e.pid = pid;
   if (WIFSIGNALED(status)) {
     e.signaled = true;
     e.status = 128 + WTERMSIG(status);
@@ -194,8 +196,15 @@ int remove_temporaries(const rapidjson::Value& last, fs::file_time_type since) {
 
 /// A stage died without a word: end what it left running or half done.
 std::string clean_up_after(const rapidjson::Value& last, const std::string& stage,
-                           fs::file_time_type since = fs::file_time_type::min()) {
+                           fs::file_time_type since = fs::file_time_type::min(), int pid = 0) {
   std::string done;
+  if (stage == "vm-launch" && pid > 0) {
+    // A launch cut short: its machine ends by itself; wait until it has.
+    if (std::string id = machine::launched_by(pid); !id.empty()) {
+      (void)machine::stop(id, std::chrono::seconds(60), machine::Shutdown::immediate);
+      done += "; the machine it was starting (" + id + ") was stopped";
+    }
+  }
   if (auto m = last.FindMember("machine"); m != last.MemberEnd() && m->value.IsObject()) {
     const std::string id = string_or(m->value, "id");
     if (string_or(m->value, "driver") == "qemu" && string_or(m->value, "state") != "stopped" &&
@@ -267,7 +276,7 @@ Outcome run(const rapidjson::Value& record, const Options& o) {
       out.stage = stage;
       out.message = stage + (ended->signaled ? " was killed by signal " + std::to_string(ended->status - 128)
                                              : " ended (exit " + std::to_string(ended->status) + ")") +
-                    " without writing a record" + clean_up_after(out.record, stage, since);
+                    " without writing a record" + clean_up_after(out.record, stage, since, ended->pid);
       if (signals::interrupted()) out.exit = Exit::interrupted;
       return out;
     }
