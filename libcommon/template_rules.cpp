@@ -801,6 +801,8 @@ void qemu_builder(Config& c) {
   c.default_str("disk_cache", "writeback");
   c.default_str("disk_discard", "ignore");
   c.default_str("disk_detect_zeroes", "off");
+  // Packer treats an empty accelerator as unset.
+  if (c.has("accelerator") && c.str("accelerator").empty()) c.remove("accelerator");
   // An unset accelerator stays unset: vm-launch picks kvm or tcg on the
   // host that runs the machine, as Packer does on the one that validates.
   c.default_str("machine_type", "pc");
