@@ -2,6 +2,7 @@
 // vm-launch: build records in, each build's machine started and reachable,
 // records with a "machine" section out. Also lists and stops machines.
 
+#include <algorithm>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -10,6 +11,7 @@
 
 #include "cli.hpp"
 #include "gotime.hpp"
+#include "json.hpp"
 #include "launch.hpp"
 #include "log.hpp"
 #include "machine.hpp"
@@ -69,7 +71,7 @@ Exit list_machines() {
 }
 
 Exit stop_machines(const Options& o, log::Logger& log) {
-  std::vector<std::string> ids;
+  std::vector<std::string> ids, from_records;
   for (const std::string& s : o.stop) {
     if (s == "all") {
       for (const machine::Live& m : machine::list()) ids.push_back(m.id);
@@ -82,11 +84,19 @@ Exit stop_machines(const Options& o, log::Logger& log) {
           return r.error().code;
         }
         if (!r->has_value()) break;
+        // A record whose machine is stopped already, or one named twice
+        // (the records of one build's stages), asks for nothing more.
         const auto& rec = **r;
         auto m = rec.FindMember("machine");
-        if (m != rec.MemberEnd() && m->value.IsObject() && m->value.HasMember("id") &&
-            m->value["id"].IsString() && std::string(m->value["driver"].GetString()) == "qemu")
-          ids.emplace_back(m->value["id"].GetString());
+        if (m != rec.MemberEnd() && m->value.IsObject() &&
+            json::string_or(m->value, "driver") == "qemu" &&
+            json::string_or(m->value, "state") != "stopped") {
+          const std::string id = json::string_or(m->value, "id");
+          if (!id.empty() && std::find(ids.begin(), ids.end(), id) == ids.end()) {
+            ids.push_back(id);
+            from_records.push_back(id);
+          }
+        }
       }
     } else {
       ids.push_back(s);
@@ -95,6 +105,10 @@ Exit stop_machines(const Options& o, log::Logger& log) {
   Exit worst = Exit::ok;
   for (const std::string& id : ids) {
     if (auto st = machine::stop(id); !st) {
+      // A record's machine that has ended by now is what was asked for.
+      if (st.error().code == Exit::noinput &&
+          std::find(from_records.begin(), from_records.end(), id) != from_records.end())
+        continue;
       log.report(st.error());
       worst = st.error().code;
     } else {
