@@ -7,7 +7,7 @@ kiln_packages_build="meson ninja-build g++ pkg-config python3
 kiln_packages_build="$kiln_packages_build qemu-system-x86 qemu-utils"
 kiln_packages_test="python3-cram packer clang libclang-rt-14-dev
   openssh-server openssh-client genisoimage libarchive-tools curl
-  ansible-core bc procps vagrant zstd lz4 unzip jq e2fsprogs xz-utils openssl"
+  ansible-core bc procps vagrant zstd lz4 unzip jq e2fsprogs xz-utils openssl make"
 
 kiln_install_deps() {
   local want="" missing="" pkg group
