@@ -569,11 +569,11 @@ Status run(rapidjson::Document& record, const Options& options) {
 
   auto& a = record.GetAllocator();
   Value artifacts(rapidjson::kArrayType);
-  std::vector<const Artifact*> listed;
+  // Packer's list, an artifact a pass-through post-processor (manifest,
+  // shell-local) returned listed twice as Packer lists it; only one whose
+  // files were removed later in its chain is left out.
   for (const ArtifactPtr& art : results) {
     if (art->destroyed) continue;
-    if (std::find(listed.begin(), listed.end(), art.get()) != listed.end()) continue;
-    listed.push_back(art.get());
     artifacts.PushBack(Value(art->json, a), a);
   }
   record.RemoveMember("artifacts");

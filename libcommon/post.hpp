@@ -16,10 +16,11 @@
 ///    post-processor of some chain kept it (or there are no chains);
 ///  - the artifacts left are, in order: the builder's (when kept), then for
 ///    each chain its kept intermediates and its last artifact.
-/// kiln's differences: an artifact that a pass-through post-processor
-/// (manifest, shell-local) returned is listed once, not twice; and when a
-/// post-processor fails or a signal arrives, the builder's artifact is
-/// kept, so that the post-processing can be run again.
+/// kiln's differences: an artifact whose files were removed later in its
+/// chain is not listed (a pass-through post-processor's artifact is listed
+/// twice, as Packer lists it); and when a post-processor fails or a signal
+/// arrives, the builder's artifact is kept, so that the post-processing
+/// can be run again.
 
 #include <cstdint>
 #include <functional>
