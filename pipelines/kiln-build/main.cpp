@@ -179,7 +179,7 @@ class Ui {
   }
   void line(const std::string& s) {
     std::string out = s;
-    if (o_.timestamp_ui) out = gotime_now() + ": " + out;
+    if (o_.timestamp_ui && !out.empty()) out = gotime_now() + ": " + out;
     std::fputs((out + "\n").c_str(), stdout);
     std::fflush(stdout);
   }
@@ -275,9 +275,15 @@ Exit run(const Options& o) {
     log.report(checked.error());
     return checked.error().code;
   }
+  // template-validate's findings: on stderr as it writes them, or as
+  // machine-readable ui lines.
   if (!checked->err.empty()) {
-    for (const auto& l : text::split_lines(checked->err))
-      if (!l.empty()) ui.say("", l, checked->exit_code != 0);
+    if (o.machine_readable) {
+      for (const auto& l : text::split_lines(checked->err))
+        if (!l.empty()) ui.say("", l, checked->exit_code != 0);
+    } else {
+      std::fputs(checked->err.c_str(), stderr);
+    }
   }
   if (checked->exit_code != 0) return static_cast<Exit>(checked->exit_code);
   std::vector<rapidjson::Document> records;
@@ -387,7 +393,8 @@ Exit run(const Options& o) {
   if (any_failed) {
     ui.headline("Some builds didn't complete successfully and had errors:", true);
     for (const auto& r : results)
-      if (!r.outcome.ok) ui.plain("--> " + r.name + ": " + r.outcome.message);
+      if (!r.outcome.ok)
+        ui.plain("--> " + r.name + ": " + r.outcome.message.substr(0, r.outcome.message.find('\n')));
     ui.machine("", "error-count", {std::to_string(std::count_if(results.begin(), results.end(),
                                                                  [](const BuildResult& r) { return !r.outcome.ok; }))});
   }
