@@ -47,6 +47,13 @@ class Parser {
   po::options_description& options() { return own_; }
   /// Declares a positional argument; max -1 means any number.
   void positional(const char* name, int max) { positional_.add(name, max); }
+  /// The records a tool reads: --records RECORDS, also the positional
+  /// argument; "-" (the default) is stdin. Add it last: it ends the list.
+  void records(std::string& input) {
+    own_.add_options()("records", po::value<std::string>(&input)->value_name("RECORDS"),
+                       "the records to read (the positional argument; - is stdin)");
+    positional("records", 1);
+  }
 
   /// Parses argv into `vm` and `common`. Prints --help/--version itself.
   /// Errors: Exit::usage with one line naming the bad option or value.

@@ -98,10 +98,11 @@ Result<Ended> run_stage(const std::string& program, const std::vector<std::strin
   };
   bool sent_int = false;
   Clock::time_point kill_at = Clock::time_point::max();
-  for (;;) {
+  // An interrupt is passed on once (the terminal's Ctrl-C reached the stage
+  // already, being in the same process group; a signal sent to kiln-build
+  // alone did not); a stage that outlasts the grace period is killed.
+  auto pass_on_interrupt = [&] {
     if (signals::interrupted() && !sent_int) {
-      // The terminal's Ctrl-C reached the stage already (same process
-      // group); a signal sent to kiln-build alone did not.
       ::kill(pid, SIGINT);
       sent_int = true;
       kill_at = Clock::now() + o.grace;
@@ -110,6 +111,9 @@ Result<Ended> run_stage(const std::string& program, const std::vector<std::strin
       ::kill(pid, SIGKILL);
       kill_at = Clock::time_point::max();
     }
+  };
+  for (;;) {
+    pass_on_interrupt();
     pollfd p{err_pipe[0], POLLIN, 0};
     int n = ::poll(&p, 1, 200);
     if (n < 0 && errno != EINTR) break;
@@ -128,15 +132,7 @@ Result<Ended> run_stage(const std::string& program, const std::vector<std::strin
     pid_t w = ::waitpid(pid, &status, WNOHANG);
     if (w == pid) break;
     if (w < 0 && errno != EINTR) return Error(Exit::software, "waitpid: " + std::string(std::strerror(errno)));
-    if (signals::interrupted() && !sent_int) {
-      ::kill(pid, SIGINT);
-      sent_int = true;
-      kill_at = Clock::now() + o.grace;
-    }
-    if (Clock::now() >= kill_at) {
-      ::kill(pid, SIGKILL);
-      kill_at = Clock::time_point::max();
-    }
+    pass_on_interrupt();
     ::usleep(50 * 1000);
   }
   Ended e;

@@ -46,10 +46,8 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
       ("post-file", cli::po::value<std::string>(&o.request.post_file)->value_name("FILE"),
        "read chains from a JSON file holding a Packer post-processors array")
       ("name", cli::po::value<std::string>(&o.request.name)->value_name("NAME"),
-       "the build's name with --artifact/--post (default artifact-post)")
-      ("records", cli::po::value<std::string>(&o.input)->value_name("RECORDS"),
-       "the records to read (the positional argument; - is stdin)");
-  p.positional("records", 1);
+       "the build's name with --artifact/--post (default artifact-post)");
+  p.records(o.input);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
   if (!outcome || outcome->stop) return outcome;

@@ -64,10 +64,8 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
       ("jobs", cli::po::value<unsigned>(&o.jobs)->value_name("N"),
        "conversions at once (default: one per core)")
       ("passphrase-file", cli::po::value<std::string>(&o.passphrase_file)->value_name("FILE"),
-       "the passphrase of an encrypted SSH private key, in its first line")
-      ("records", cli::po::value<std::string>(&o.input)->value_name("RECORDS"),
-       "the records to read (the positional argument; - is stdin)");
-  p.positional("records", 1);
+       "the passphrase of an encrypted SSH private key, in its first line");
+  p.records(o.input);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
   if (!outcome || outcome->stop) return outcome;

@@ -106,10 +106,8 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
       ("file", cli::po::value<std::vector<std::string>>(&files)->value_name("SRC:DST"),
        "upload SRC to DST on the host, with the file provisioner's rules (repeatable)")
       ("inline", cli::po::value<std::vector<std::string>>(&inlines)->value_name("COMMAND"),
-       "run a shell command on the host (repeatable)")
-      ("records", cli::po::value<std::string>(&o.input)->value_name("RECORDS"),
-       "the records to read (the positional argument; - is stdin)");
-  p.positional("records", 1);
+       "run a shell command on the host (repeatable)");
+  p.records(o.input);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
   if (!outcome || outcome->stop) return outcome;

@@ -43,10 +43,8 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
        "machines of the records on stdin) and remove its run directory")
       ("max-lifetime", cli::po::value<std::string>(&lifetime)->value_name("DURATION"),
        "end a machine this long after it started, whatever happens "
-       "(default 2h; a Go duration such as 90m)")
-      ("records", cli::po::value<std::string>(&o.input)->value_name("RECORDS"),
-       "the records to read (the positional argument; - is stdin)");
-  p.positional("records", 1);
+       "(default 2h; a Go duration such as 90m)");
+  p.records(o.input);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
   if (!outcome || outcome->stop) return outcome;
