@@ -359,13 +359,12 @@ void prefer(LIBSSH2_SESSION* s, int method, std::initializer_list<std::string_vi
   libssh2_session_method_pref(s, method, list.c_str());
 }
 
-/// One TCP connection and handshake. Errors as Session::connect, with
-/// Exit::tempfail for every failure a retry may cure.
-Result<StatePtr> open_once(const Endpoint& ep, Clock::time_point deadline) {
-  auto fd = tcp_connect(ep, deadline);
-  if (!fd) return fd.error();
+/// The SSH handshake on a connected socket, which the session takes over.
+/// Errors as Session::connect, with Exit::tempfail for every failure a
+/// retry may cure.
+Result<StatePtr> handshake(int fd, const Endpoint& ep, Clock::time_point deadline) {
   auto state = std::make_unique<detail::SessionState>();
-  state->fd = *fd;
+  state->fd = fd;
   state->where = where_of(ep);
   state->s = libssh2_session_init_ex(nullptr, nullptr, nullptr, state.get());
   if (!state->s) return Error(Exit::software, "cannot create an SSH session: out of memory");
@@ -412,6 +411,75 @@ Result<StatePtr> open_once(const Endpoint& ep, Clock::time_point deadline) {
   state->host_key.openssh = name + " " + base64(blob);
   state->host_key.fingerprint = fingerprint(blob);
   return state;
+}
+
+/// One TCP connection and handshake, as handshake().
+Result<StatePtr> open_once(const Endpoint& ep, Clock::time_point deadline) {
+  auto fd = tcp_connect(ep, deadline);
+  if (!fd) return fd.error();
+  return handshake(*fd, ep, deadline);
+}
+
+/// The first of several connections to `ep` on which the server speaks (its
+/// banner, peeked at, not read): one is opened at once and another every
+/// kRetryEvery while none has spoken, the oldest dropped beyond kMaxSilent;
+/// those the server closes are dropped. qemu's user network accepts a
+/// connection before the guest listens, and when the guest missed that
+/// connection's SYN (its network not up yet) it stays silent for seconds,
+/// until slirp sends the SYN again; a fresh connection is answered at once,
+/// while a slow one keeps its chance for kMaxSilent * kRetryEvery.
+/// `should_stop()` runs every kRetryEvery at most (its Error is returned as
+/// is). Errors: Exit::tempfail when none spoke by `until` (with the last
+/// reason), Exit::interrupted, and tcp_connect's errors no retry cures.
+Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
+                           const std::function<Status()>& should_stop) {
+  constexpr std::size_t kMaxSilent = 12;
+  const std::string where = where_of(ep);
+  std::vector<std::unique_ptr<Fd>> silent;
+  std::string last = "no answer from " + where;
+  auto next_open = Clock::now();
+  for (;;) {
+    if (should_stop) {
+      auto st = should_stop();
+      if (!st) return std::move(st).error();
+    }
+    if (signals::interrupted())
+      return Error(Exit::interrupted, "interrupted while waiting for SSH on " + where);
+    auto now = Clock::now();
+    if (now >= until) return Error(Exit::tempfail, last);
+    if (now >= next_open) {
+      if (silent.size() == kMaxSilent) silent.erase(silent.begin());  // the oldest
+      auto fd = tcp_connect(ep, std::min(until, now + kRetryEvery));
+      if (fd) {
+        silent.push_back(std::make_unique<Fd>(*fd));
+        last = "no answer from " + where;
+      } else if (fd.error().code != Exit::tempfail) {
+        return fd.error();
+      } else {
+        last = fd.error().message;
+      }
+      now = Clock::now();
+      next_open = now + kRetryEvery;
+    }
+    std::vector<pollfd> polled;
+    for (const auto& fd : silent) polled.push_back({fd->get(), POLLIN, 0});
+    polled.push_back({signals::wake_fd(), POLLIN, 0});
+    if (polled.back().fd < 0) polled.pop_back();
+    auto wake = std::min({until, now + kRetryEvery, next_open});
+    int ms = static_cast<int>(
+        std::max<milliseconds::rep>(0, std::chrono::ceil<milliseconds>(wake - now).count()));
+    if (::poll(polled.data(), polled.size(), ms) <= 0) continue;
+    for (std::size_t i = silent.size(); i-- > 0;) {
+      if (polled[i].revents == 0) continue;
+      char byte;
+      ssize_t n = ::recv(silent[i]->get(), &byte, 1, MSG_PEEK);
+      if (n > 0) return silent[i]->release();  // the others close as they go
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      last = where + " closed the connection before the SSH handshake" +
+             (n < 0 ? std::string(" (") + std::strerror(errno) + ")" : std::string());
+      silent.erase(silent.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+  }
 }
 
 }  // namespace
@@ -850,14 +918,20 @@ Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
     const auto tried_at = Clock::now();
     if (tried_at >= deadline) break;
 
-    // One try may not take the whole deadline: qemu's user network accepts
-    // the host's connection before the guest listens and then says
-    // nothing, and a try stuck on such a connection would hide both a
-    // guest that became ready meanwhile and a guest that died (should_stop
-    // runs between tries). Slow guests get longer tries as they go.
+    // A try starts once the server speaks (first_to_speak: qemu's user
+    // network accepts a connection before the guest listens) and may not
+    // take the whole deadline, so a guest that died is noticed between
+    // tries; a try that ran out of time makes the next ones longer.
     Status st;
-    const auto try_until = std::min(deadline, tried_at + kFirstTry + slow_tries * kTryGrowth);
-    auto state = open_once(ep, try_until);
+    auto fd = first_to_speak(ep, deadline, should_stop);
+    if (!fd) {
+      if (fd.error().code != Exit::tempfail) return std::move(fd).error();
+      if (tries == 0) last = fd.error().message;  // else the last try says more
+      break;
+    }
+    const auto spoke_at = Clock::now();
+    const auto try_until = std::min(deadline, spoke_at + kFirstTry + slow_tries * kTryGrowth);
+    auto state = handshake(*fd, ep, try_until);
     if (state) {
       Session session(std::move(*state));
       const auto auth_until =
