@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "capture.hpp"
 
+#include <poll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,10 +74,21 @@ struct Machine {
   bool alive() const { return machine::process_alive(qemu_pid, run_dir); }
   /// Waits until qemu is gone or `until`; false on timeout or interrupt.
   bool wait_gone(Clock::time_point until) const {
+    // A pidfd wakes the wait the moment qemu exits (alive() first ties the
+    // pid to this machine's run directory).
+    const int pidfd = alive() ? static_cast<int>(::syscall(SYS_pidfd_open, qemu_pid, 0)) : -1;
     while (alive()) {
-      if (Clock::now() >= until || signals::interrupted()) return false;
-      ::usleep(100 * 1000);
+      const auto now = Clock::now();
+      if (now >= until || signals::interrupted()) {
+        if (pidfd >= 0) ::close(pidfd);
+        return false;
+      }
+      const int ms = static_cast<int>(std::min<long long>(
+          100, std::chrono::ceil<std::chrono::milliseconds>(until - now).count()));
+      pollfd p[2] = {{pidfd, POLLIN, 0}, {signals::wake_fd(), POLLIN, 0}};
+      if (pidfd < 0 || ::poll(p, p[1].fd >= 0 ? 2 : 1, ms) < 0) ::usleep(20 * 1000);
     }
+    if (pidfd >= 0) ::close(pidfd);
     return true;
   }
 };
