@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "communicator.hpp"
+#include "fd.hpp"
 #include "json.hpp"
 #include "machine.hpp"
 #include "provision.hpp"
@@ -76,19 +77,15 @@ struct Machine {
   bool wait_gone(Clock::time_point until) const {
     // A pidfd wakes the wait the moment qemu exits (alive() first ties the
     // pid to this machine's run directory).
-    const int pidfd = alive() ? static_cast<int>(::syscall(SYS_pidfd_open, qemu_pid, 0)) : -1;
+    const UniqueFd pidfd(alive() ? static_cast<int>(::syscall(SYS_pidfd_open, qemu_pid, 0)) : -1);
     while (alive()) {
       const auto now = Clock::now();
-      if (now >= until || signals::interrupted()) {
-        if (pidfd >= 0) ::close(pidfd);
-        return false;
-      }
+      if (now >= until || signals::interrupted()) return false;
       const int ms = static_cast<int>(std::min<long long>(
           100, std::chrono::ceil<std::chrono::milliseconds>(until - now).count()));
-      pollfd p[2] = {{pidfd, POLLIN, 0}, {signals::wake_fd(), POLLIN, 0}};
-      if (pidfd < 0 || ::poll(p, p[1].fd >= 0 ? 2 : 1, ms) < 0) ::usleep(20 * 1000);
+      pollfd p[2] = {{pidfd.get(), POLLIN, 0}, {signals::wake_fd(), POLLIN, 0}};
+      if (pidfd.get() < 0 || ::poll(p, p[1].fd >= 0 ? 2 : 1, ms) < 0) ::usleep(20 * 1000);
     }
-    if (pidfd >= 0) ::close(pidfd);
     return true;
   }
 };

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "atomic_file.hpp"
+#include "fd.hpp"
 #include "manifest.hpp"
 #include "signals.hpp"
 #include "text.hpp"
@@ -54,13 +55,6 @@ struct MdCtxDeleter {
 };
 struct MdDeleter {
   void operator()(EVP_MD* m) const { EVP_MD_free(m); }
-};
-
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
 };
 
 std::string to_hex(const unsigned char* p, unsigned n) {
@@ -152,19 +146,18 @@ Result<std::vector<std::string>> digest_file(
     ctxs.push_back(std::move(ctx));
   }
 
-  Fd in;
-  in.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (in.fd < 0)
+  UniqueFd in(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (in.get() < 0)
     return Error(Exit::noinput,
                  "cannot read " + path + ": " + std::strerror(errno));
   struct stat st {};
-  if (::fstat(in.fd, &st) != 0 || S_ISDIR(st.st_mode))
+  if (::fstat(in.get(), &st) != 0 || S_ISDIR(st.st_mode))
     return Error(Exit::noinput, "cannot read " + path + ": " +
                                     (S_ISDIR(st.st_mode) ? "is a directory"
                                                          : std::strerror(errno)));
   const std::uint64_t total =
       S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0;
-  ::posix_fadvise(in.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
 
   Pipeline p;
   for (auto& slot : p.slots) {
@@ -193,7 +186,7 @@ Result<std::vector<std::string>> digest_file(
     }
     size_t got = 0;
     while (got < kBlockSize) {
-      ssize_t r = ::read(in.fd, slot.data.get() + got, kBlockSize - got);
+      ssize_t r = ::read(in.get(), slot.data.get() + got, kBlockSize - got);
       if (r < 0) {
         if (errno == EINTR) {
           if (signals::interrupted()) break;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "atomic_file.hpp"
+#include "fd.hpp"
 #include "signals.hpp"
 #include "text.hpp"
 
@@ -41,13 +42,6 @@ struct EntryDeleter {
 };
 struct FreeDeleter {
   void operator()(char* p) const { std::free(p); }
-};
-
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
 };
 
 std::string user_name(uid_t uid) {
@@ -401,7 +395,7 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
 
   // Open every source first: a missing one fails before any output exists.
   struct Source {
-    Fd fd;
+    UniqueFd fd;
     struct stat st {};
   };
   std::vector<Source> sources(entries.size());
@@ -412,14 +406,14 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
       total += e.content->size();
       continue;
     }
-    sources[i].fd.fd = ::open(e.source.c_str(), O_RDONLY | O_CLOEXEC);
-    if (sources[i].fd.fd < 0 || ::fstat(sources[i].fd.fd, &sources[i].st) != 0)
+    sources[i].fd.reset(::open(e.source.c_str(), O_RDONLY | O_CLOEXEC));
+    if (sources[i].fd.get() < 0 || ::fstat(sources[i].fd.get(), &sources[i].st) != 0)
       return Error(Exit::noinput, "Unable to read file " + e.source.string() + ": " +
                                       std::strerror(errno));
     if (!S_ISREG(sources[i].st.st_mode))
       return Error(Exit::noinput,
                    "Unable to read file " + e.source.string() + ": not a regular file");
-    ::posix_fadvise(sources[i].fd.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    ::posix_fadvise(sources[i].fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     total += static_cast<std::uint64_t>(sources[i].st.st_size);
   }
 
@@ -551,7 +545,7 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
       while (left > 0) {
         if (signals::interrupted()) return interrupted();
         size_t want = left < kBlockSize ? static_cast<size_t>(left) : kBlockSize;
-        ssize_t got = ::read(s.fd.fd, buffer.get(), want);
+        ssize_t got = ::read(s.fd.get(), buffer.get(), want);
         if (got < 0 && errno == EINTR) continue;
         if (got < 0)
           return Error(Exit::ioerr,

@@ -25,6 +25,7 @@
 #include <set>
 #include <thread>
 
+#include "fd.hpp"
 #include "process.hpp"
 #include "signals.hpp"
 #include "text.hpp"
@@ -282,26 +283,17 @@ std::string to_hex(const unsigned char* bytes, unsigned len) {
   return s;
 }
 
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 }  // namespace
 
 Result<std::string> file_sha256(const std::string& path, const std::function<bool()>& stop,
                                 const std::function<void(std::uint64_t)>& done_bytes) {
-  Fd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (file.fd < 0) return Error(Exit::noinput, "cannot read " + path + ": " + std::strerror(errno));
+  UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (file.get() < 0)
+    return Error(Exit::noinput, "cannot read " + path + ": " + std::strerror(errno));
   struct stat st {};
-  if (::fstat(file.fd, &st) != 0)
+  if (::fstat(file.get(), &st) != 0)
     return Error(Exit::ioerr, "cannot read " + path + ": " + std::strerror(errno));
-  ::posix_fadvise(file.fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  ::posix_fadvise(file.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1)
     return Error(Exit::software, "cannot set up SHA-256");
@@ -320,9 +312,9 @@ Result<std::string> file_sha256(const std::string& path, const std::function<boo
   const off_t size = st.st_size;
   off_t pos = 0;
   while (pos < size) {
-    off_t data = ::lseek(file.fd, pos, SEEK_DATA);
+    off_t data = ::lseek(file.get(), pos, SEEK_DATA);
     if (data < 0) data = errno == ENXIO ? size : pos;  // ENXIO: a hole to the end
-    off_t hole = data < size ? ::lseek(file.fd, data, SEEK_HOLE) : size;
+    off_t hole = data < size ? ::lseek(file.get(), data, SEEK_HOLE) : size;
     if (hole < 0) hole = size;
     if (data > pos && zeros.empty()) zeros.resize(kBlock);
     for (off_t at = pos; at < data;) {
@@ -335,7 +327,7 @@ Result<std::string> file_sha256(const std::string& path, const std::function<boo
     for (off_t at = data; at < hole;) {
       if (stop && stop()) return Error(Exit::interrupted, "digest of " + path + " interrupted");
       size_t want = static_cast<size_t>(std::min<off_t>(hole - at, kBlock));
-      ssize_t n = ::pread(file.fd, buf.data(), want, at);
+      ssize_t n = ::pread(file.get(), buf.data(), want, at);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return read_error();
       if (n == 0) {  // shorter than fstat said: it changed under us
@@ -415,13 +407,14 @@ struct Worker {
 /// copy_file_range, which reflinks where the filesystem can).
 Status sparse_copy(const std::string& from, const std::string& to, const std::atomic<bool>& stop,
                    std::atomic<std::uint64_t>& done) {
-  Fd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
-  if (in.fd < 0) return Error(Exit::noinput, "cannot read " + from + ": " + std::strerror(errno));
+  UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+  if (in.get() < 0)
+    return Error(Exit::noinput, "cannot read " + from + ": " + std::strerror(errno));
   struct stat st {};
-  if (::fstat(in.fd, &st) != 0)
+  if (::fstat(in.get(), &st) != 0)
     return Error(Exit::ioerr, "cannot read " + from + ": " + std::strerror(errno));
-  Fd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (out.fd < 0)
+  UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (out.get() < 0)
     return Error(Exit::cantcreat, "cannot create " + to + ": " + std::strerror(errno));
   const off_t size = st.st_size;
   auto write_error = [&] {
@@ -430,22 +423,22 @@ Status sparse_copy(const std::string& from, const std::string& to, const std::at
   std::vector<char> buf;
   off_t pos = 0;
   while (pos < size) {
-    off_t data = ::lseek(in.fd, pos, SEEK_DATA);
+    off_t data = ::lseek(in.get(), pos, SEEK_DATA);
     if (data < 0) {
       if (errno == ENXIO) break;  // only a hole is left
       data = pos;                 // no hole support: all data
     }
-    off_t hole = ::lseek(in.fd, data, SEEK_HOLE);
+    off_t hole = ::lseek(in.get(), data, SEEK_HOLE);
     if (hole < 0) hole = size;
     for (off_t at = data; at < hole;) {
       if (stop) return Error(Exit::interrupted, "copy of " + from + " interrupted");
       size_t chunk = static_cast<size_t>(std::min<off_t>(hole - at, 64 << 20));
       loff_t src = at, dst = at;
-      ssize_t n = ::copy_file_range(in.fd, &src, out.fd, &dst, chunk, 0);
+      ssize_t n = ::copy_file_range(in.get(), &src, out.get(), &dst, chunk, 0);
       if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
         if (buf.empty()) buf.resize(8 << 20);
-        n = ::pread(in.fd, buf.data(), std::min(chunk, buf.size()), at);
-        if (n > 0 && ::pwrite(out.fd, buf.data(), static_cast<size_t>(n), at) != n) n = -1;
+        n = ::pread(in.get(), buf.data(), std::min(chunk, buf.size()), at);
+        if (n > 0 && ::pwrite(out.get(), buf.data(), static_cast<size_t>(n), at) != n) n = -1;
       }
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -457,7 +450,7 @@ Status sparse_copy(const std::string& from, const std::string& to, const std::at
     }
     pos = hole;
   }
-  if (::ftruncate(out.fd, size) != 0) return write_error();
+  if (::ftruncate(out.get(), size) != 0) return write_error();
   done = static_cast<std::uint64_t>(size);
   return {};
 }

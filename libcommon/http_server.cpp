@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "http_server.hpp"
+#include "fd.hpp"
 #include "text.hpp"
 
 #include <arpa/inet.h>
@@ -38,36 +39,6 @@ constexpr size_t kMaxHead = 16 * 1024;
 constexpr size_t kMaxConnections = 64;
 constexpr auto kIdleTimeout = 30s;   // waiting for a request
 constexpr auto kStallTimeout = 60s;  // a client that stops reading
-
-/// Owns a file descriptor.
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  UniqueFd& operator=(UniqueFd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd_ = o.fd_;
-      o.fd_ = -1;
-    }
-    return *this;
-  }
-  ~UniqueFd() { reset(); }
-  int get() const { return fd_; }
-  int release() {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
 
 char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 

@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "atomic_file.hpp"
+#include "fd.hpp"
 
 namespace kiln {
 
@@ -40,17 +41,6 @@ struct ArchiveDeleter {
 };
 struct EntryDeleter {
   void operator()(archive_entry* e) const { archive_entry_free(e); }
-};
-
-/// Closes a file descriptor on scope exit.
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
 };
 
 Error errno_error(Exit code, const std::string& what) {
@@ -206,16 +196,16 @@ Status write_node(archive* a, const std::string& target, const std::string& path
       return archive_error(a, target);
     return {};
   }
-  Fd in(::open(n.source.c_str(), O_RDONLY | O_CLOEXEC));
-  if (in.fd < 0) return errno_error(Exit::noinput, "cannot read " + n.source);
+  UniqueFd in(::open(n.source.c_str(), O_RDONLY | O_CLOEXEC));
+  if (in.get() < 0) return errno_error(Exit::noinput, "cannot read " + n.source);
   struct stat st {};
-  if (::fstat(in.fd, &st) != 0) return errno_error(Exit::noinput, "cannot read " + n.source);
+  if (::fstat(in.get(), &st) != 0) return errno_error(Exit::noinput, "cannot read " + n.source);
   archive_entry_set_size(e.get(), static_cast<la_int64_t>(st.st_size));
   if (archive_write_header(a, e.get()) != ARCHIVE_OK) return archive_error(a, target);
   std::unique_ptr<char[]> buf(new char[1 << 16]);
   off_t copied = 0;
   for (;;) {
-    ssize_t got = ::read(in.fd, buf.get(), 1 << 16);
+    ssize_t got = ::read(in.get(), buf.get(), 1 << 16);
     if (got < 0) {
       if (errno == EINTR) continue;
       return errno_error(Exit::ioerr, "cannot read " + n.source);

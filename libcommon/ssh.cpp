@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "atomic_file.hpp"
+#include "fd.hpp"
 #include "signals.hpp"
 #include "ssh_internal.hpp"
 
@@ -213,21 +214,6 @@ bool offers(const std::string& methods, std::string_view method) {
   return false;
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
-
 std::string where_of(const Endpoint& ep) {
   bool v6 = ep.host.find(':') != std::string::npos;
   return (v6 ? "[" + ep.host + "]" : ep.host) + ":" + std::to_string(ep.port);
@@ -253,7 +239,8 @@ Result<int> tcp_connect(const Endpoint& ep, Clock::time_point deadline) {
 
   std::string reason = "no address";
   for (addrinfo* ai = found; ai; ai = ai->ai_next) {
-    Fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
+    UniqueFd fd(
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol));
     if (fd.get() < 0) {
       reason = std::strerror(errno);
       continue;
@@ -435,7 +422,7 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
                            const std::function<Status()>& should_stop) {
   constexpr std::size_t kMaxSilent = 12;
   const std::string where = where_of(ep);
-  std::vector<std::unique_ptr<Fd>> silent;
+  std::vector<std::unique_ptr<UniqueFd>> silent;
   std::string last = "no answer from " + where;
   auto next_open = Clock::now();
   for (;;) {
@@ -451,7 +438,7 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
       if (silent.size() == kMaxSilent) silent.erase(silent.begin());  // the oldest
       auto fd = tcp_connect(ep, std::min(until, now + kRetryEvery));
       if (fd) {
-        silent.push_back(std::make_unique<Fd>(*fd));
+        silent.push_back(std::make_unique<UniqueFd>(*fd));
         last = "no answer from " + where;
       } else if (fd.error().code != Exit::tempfail) {
         return fd.error();

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "atomic_file.hpp"
+#include "fd.hpp"
 #include "signals.hpp"
 #include "ssh.hpp"
 #include "ssh_internal.hpp"
@@ -162,20 +163,6 @@ Status write_all_fd(int fd, const char* data, size_t n, const std::string& path)
   }
   return {};
 }
-
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 /// What an upload reads: an open local file or bytes in memory.
 struct Source {
@@ -1053,8 +1040,8 @@ Status walk_local(const std::string& dir, const std::string& rel, std::vector<Lo
 }
 
 /// Opens a local file to upload and says what it is. Errors: Exit::noinput.
-Result<std::unique_ptr<Fd>> open_local(const std::string& local, struct stat& st) {
-  auto fd = std::make_unique<Fd>(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
+Result<std::unique_ptr<UniqueFd>> open_local(const std::string& local, struct stat& st) {
+  auto fd = std::make_unique<UniqueFd>(::open(local.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd->get() < 0) return Error(Exit::noinput, "cannot read " + local + ": " + errno_text(errno));
   if (::fstat(fd->get(), &st) != 0)
     return Error(Exit::noinput, "cannot read " + local + ": " + errno_text(errno));
@@ -1178,7 +1165,7 @@ class Stage {
 
 /// A file inside a Stage: created exclusively, given its mode when done.
 Status stage_file(const std::string& path, int mode, const std::function<Status(int fd)>& fill) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (fd.get() < 0)
     return Error(Exit::cantcreat, "cannot create " + path + ": " + errno_text(errno));
   if (auto s = fill(fd.get()); !s) return s;

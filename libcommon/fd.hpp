@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// A UniqueFd owns one file descriptor and closes it when destroyed or
+/// reset; moving hands the ownership on, release() hands it to the caller.
+
+#include <unistd.h>
+
+#include <utility>
+
+namespace kiln {
+
+class UniqueFd {
+ public:
+  /// Owns nothing (-1).
+  UniqueFd() = default;
+  /// Owns `fd`; -1 owns nothing.
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) reset(std::exchange(other.fd_, -1));
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { reset(); }
+
+  /// The descriptor, still owned; -1 when none.
+  int get() const { return fd_; }
+  /// Gives the descriptor up without closing it; the caller closes it.
+  int release() { return std::exchange(fd_, -1); }
+  /// Closes the descriptor owned (if any) and owns `fd` instead.
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace kiln
