@@ -422,7 +422,7 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
                            const std::function<Status()>& should_stop) {
   constexpr std::size_t kMaxSilent = 12;
   const std::string where = where_of(ep);
-  std::vector<std::unique_ptr<UniqueFd>> silent;
+  std::vector<UniqueFd> silent;
   std::string last = "no answer from " + where;
   auto next_open = Clock::now();
   for (;;) {
@@ -438,7 +438,7 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
       if (silent.size() == kMaxSilent) silent.erase(silent.begin());  // the oldest
       auto fd = tcp_connect(ep, std::min(until, now + kRetryEvery));
       if (fd) {
-        silent.push_back(std::make_unique<UniqueFd>(*fd));
+        silent.emplace_back(*fd);
         last = "no answer from " + where;
       } else if (fd.error().code != Exit::tempfail) {
         return fd.error();
@@ -449,7 +449,7 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
       next_open = now + kRetryEvery;
     }
     std::vector<pollfd> polled;
-    for (const auto& fd : silent) polled.push_back({fd->get(), POLLIN, 0});
+    for (const auto& fd : silent) polled.push_back({fd.get(), POLLIN, 0});
     polled.push_back({signals::wake_fd(), POLLIN, 0});
     if (polled.back().fd < 0) polled.pop_back();
     auto wake = std::min({until, now + kRetryEvery, next_open});
@@ -459,8 +459,8 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
     for (std::size_t i = silent.size(); i-- > 0;) {
       if (polled[i].revents == 0) continue;
       char byte;
-      ssize_t n = ::recv(silent[i]->get(), &byte, 1, MSG_PEEK);
-      if (n > 0) return silent[i]->release();  // the others close as they go
+      ssize_t n = ::recv(silent[i].get(), &byte, 1, MSG_PEEK);
+      if (n > 0) return silent[i].release();  // the others close as they go
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
       last = where + " closed the connection before the SSH handshake" +
              (n < 0 ? std::string(" (") + std::strerror(errno) + ")" : std::string());
