@@ -74,17 +74,16 @@ Result<std::optional<double>> probe_seconds(const std::string& qemu_binary,
       fs::remove_all(d, ec);
     }
   } cleanup{dir};
-  if (auto st = write_file_atomically(dir / "probe.img", probe_disk()); !st)
-    return st.error();
+  if (auto st = write_file_atomically(dir / "probe.img", probe_disk()); !st) return st.error();
   fs::path serial = dir / "serial.log";
   std::error_code ec;
   auto start = std::chrono::steady_clock::now();
-  bp::child qemu(*exe,
-                 bp::args({"-accel", accelerator, "-nodefaults", "-no-user-config",
-                           "-display", "none", "-m", "16", "-drive",
-                           "file=" + (dir / "probe.img").string() + ",format=raw,if=ide",
-                           "-boot", "c", "-serial", "file:" + serial.string()}),
-                 bp::std_out > bp::null, bp::std_err > bp::null, bp::std_in < bp::null, ec);
+  bp::child qemu(
+      *exe,
+      bp::args({"-accel", accelerator, "-nodefaults", "-no-user-config", "-display", "none", "-m",
+                "16", "-drive", "file=" + (dir / "probe.img").string() + ",format=raw,if=ide",
+                "-boot", "c", "-serial", "file:" + serial.string()}),
+      bp::std_out > bp::null, bp::std_err > bp::null, bp::std_in < bp::null, ec);
   if (ec) return Error(Exit::unavailable, "cannot start " + *exe + ": " + ec.message());
   auto deadline = start + timeout;
   std::optional<double> seen;
@@ -118,8 +117,9 @@ Result<Verdict> decide(const std::string& asked, const std::string& qemu_binary,
     return Verdict{"kvm", "asked", 0};
   }
   if (!asked.empty() && asked != "auto")
-    return Error(Exit::config, "accelerator \"" + asked + "\" is not available on Linux hosts; "
-                               "use auto, kvm or tcg");
+    return Error(Exit::config, "accelerator \"" + asked +
+                                   "\" is not available on Linux hosts; "
+                                   "use auto, kvm or tcg");
   if (!kvm_opens()) return Verdict{"tcg", "/dev/kvm cannot be opened", 0};
 
   std::string key = host_key(qemu_binary);
@@ -135,8 +135,8 @@ Result<Verdict> decide(const std::string& asked, const std::string& qemu_binary,
   // longer than TCG took.
   auto kvm_limit = probe_timeout;
   if (*tcg)
-    kvm_limit = std::min(probe_timeout,
-                         std::chrono::milliseconds(static_cast<long>(**tcg * 1000) + 50));
+    kvm_limit =
+        std::min(probe_timeout, std::chrono::milliseconds(static_cast<long>(**tcg * 1000) + 50));
   auto kvm = probe_seconds(qemu_binary, "kvm", kvm_limit);
   if (!kvm) return kvm.error();
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

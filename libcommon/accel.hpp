@@ -17,8 +17,8 @@
 namespace kiln::accel {
 
 struct Verdict {
-  std::string accelerator;  ///< "kvm" or "tcg"
-  std::string reason;       ///< why, for the log: "cached", "probe ran", ...
+  std::string accelerator;   ///< "kvm" or "tcg"
+  std::string reason;        ///< why, for the log: "cached", "probe ran", ...
   double probe_seconds = 0;  ///< time spent probing (0 when not probed)
 };
 

@@ -1,15 +1,14 @@
 #define BOOST_TEST_MODULE accel
-#include <boost/test/unit_test.hpp>
-
-#include "test_support.hpp"
+#include "accel.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <filesystem>
 
-#include "accel.hpp"
+#include "test_support.hpp"
 
 using namespace kiln;
 namespace fs = std::filesystem;
@@ -50,8 +49,8 @@ BOOST_AUTO_TEST_CASE(auto_probes_once_and_remembers) {
   auto first = accel::decide("auto", "qemu-system-x86_64", d.path.string());
   double first_s = std::chrono::duration<double>(clock::now() - start).count();
   BOOST_REQUIRE_MESSAGE(first.ok(), (first.ok() ? std::string() : first.error().message));
-  BOOST_TEST_MESSAGE("auto: " << first->accelerator << " (" << first->reason << ") in "
-                              << first_s << " s");
+  BOOST_TEST_MESSAGE("auto: " << first->accelerator << " (" << first->reason << ") in " << first_s
+                              << " s");
   BOOST_TEST(first_s < 16.0);
   if (!kvm_opens()) {
     BOOST_TEST(first->accelerator == "tcg");

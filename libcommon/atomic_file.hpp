@@ -15,8 +15,7 @@ namespace kiln {
 class AtomicFile {
  public:
   /// Creates "<dir>/.<name>.tmp-XXXXXX" with `mode`. Errors: Exit::cantcreat.
-  static Result<AtomicFile> create(const std::filesystem::path& target,
-                                   unsigned mode = 0644);
+  static Result<AtomicFile> create(const std::filesystem::path& target, unsigned mode = 0644);
 
   AtomicFile(AtomicFile&& other) noexcept;
   AtomicFile& operator=(AtomicFile&&) = delete;
@@ -42,8 +41,8 @@ class AtomicFile {
 };
 
 /// Writes `data` to `target` atomically (AtomicFile, then commit).
-Status write_file_atomically(const std::filesystem::path& target,
-                             std::string_view data, unsigned mode = 0644);
+Status write_file_atomically(const std::filesystem::path& target, std::string_view data,
+                             unsigned mode = 0644);
 
 /// Reads a whole (small) file. Errors: Exit::noinput when missing or
 /// unreadable, naming the file and the reason.

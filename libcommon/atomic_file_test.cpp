@@ -1,11 +1,10 @@
 #define BOOST_TEST_MODULE atomic_file
+#include "atomic_file.hpp"
+
 #include <boost/test/unit_test.hpp>
-
-#include "test_support.hpp"
-
 #include <filesystem>
 
-#include "atomic_file.hpp"
+#include "test_support.hpp"
 
 using namespace kiln;
 namespace fs = std::filesystem;
@@ -29,8 +28,7 @@ BOOST_AUTO_TEST_CASE(appears_only_on_commit) {
   BOOST_REQUIRE(f->commit().ok());
   BOOST_TEST(fs::exists(target));
   BOOST_TEST(*read_file(target) == "hello");
-  BOOST_TEST(static_cast<int>(fs::status(target).permissions() & fs::perms::all) ==
-             0600);
+  BOOST_TEST(static_cast<int>(fs::status(target).permissions() & fs::perms::all) == 0600);
 }
 
 BOOST_AUTO_TEST_CASE(abandoned_file_leaves_nothing) {

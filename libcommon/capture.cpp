@@ -108,8 +108,10 @@ Result<bool> shut_down(const Machine& m, const Value& builder, const std::string
   auto acpi = [&](const std::string& reason) {
     say(reason + "; sending an ACPI power-down");
     auto q = Qmp::connect(m.qmp_socket, 5s);
-    if (q) (void)q->system_powerdown();
-    else warn("cannot reach qemu's QMP socket: " + q.error().message);
+    if (q)
+      (void)q->system_powerdown();
+    else
+      warn("cannot reach qemu's QMP socket: " + q.error().message);
   };
 
   if (comm_type == "none") {
@@ -167,8 +169,9 @@ Result<bool> shut_down(const Machine& m, const Value& builder, const std::string
   (void)machine::stop(m.id, 30s, machine::Shutdown::immediate);
   if (!bool_or(builder, "allow_unclean_shutdown"))
     return Error(Exit::tempfail,
-                 why + ", nor " + waited + " after an ACPI power-down; it was killed, and its disk may be "
-                       "inconsistent (allow_unclean_shutdown: true captures it anyway)");
+                 why + ", nor " + waited +
+                     " after an ACPI power-down; it was killed, and its disk may be "
+                     "inconsistent (allow_unclean_shutdown: true captures it anyway)");
   return true;
 }
 
@@ -184,8 +187,7 @@ Value file_entry(const disk_image::Artifact& art, rapidjson::Document::Allocator
 }
 
 void set_artifacts(rapidjson::Document& record, std::string_view builder_id, std::string_view id,
-                   const std::string& directory,
-                   const std::vector<disk_image::Artifact>& files) {
+                   const std::string& directory, const std::vector<disk_image::Artifact>& files) {
   auto& a = record.GetAllocator();
   Value art(rapidjson::kObjectType);
   art.AddMember("builder_id", Value(std::string(builder_id), a), a);
@@ -235,8 +237,9 @@ Status capture(rapidjson::Document& record, const Options& o) {
   }
   auto ms = record.FindMember("machine");
   if (ms == record.MemberEnd() || !ms->value.IsObject())
-    return Error(Exit::dataerr, "the record has no machine to capture: run vm-launch first "
-                                "(or give --disk)");
+    return Error(Exit::dataerr,
+                 "the record has no machine to capture: run vm-launch first "
+                 "(or give --disk)");
   const Value& mach = ms->value;
   if (string_or(mach, "state") == "stopped")
     return Error(Exit::dataerr,
@@ -322,16 +325,19 @@ Status capture(rapidjson::Document& record, const Options& o) {
     env.output = o.output;
     const bool sudo = string_or(mach["communicator"], "username") != "root";
     rapidjson::Document holder;
-    const Value step = provisioner::make_shell(
-        {*script}, false, "/bin/sh",
-        sudo ? "chmod +x {{.Path}}; sudo -n {{.Vars}} {{.Path}}" : "chmod +x {{.Path}}; {{.Vars}} {{.Path}}",
-        holder.GetAllocator());
+    const Value step =
+        provisioner::make_shell({*script}, false, "/bin/sh",
+                                sudo ? "chmod +x {{.Path}}; sudo -n {{.Vars}} {{.Path}}"
+                                     : "chmod +x {{.Path}}; {{.Vars}} {{.Path}}",
+                                holder.GetAllocator());
     if (auto r = provisioner::run(step, env, 300s); !r) {
       Error e = r.error();
       e.step = "sysprep";
       e.message = "sysprep: " + e.message;
-      if (sudo) e.message += "\n(sysprep runs as root through sudo -n: the user needs "
-                             "password-less sudo)";
+      if (sudo)
+        e.message +=
+            "\n(sysprep runs as root through sudo -n: the user needs "
+            "password-less sudo)";
       return fail(e);
     }
   }
@@ -379,8 +385,7 @@ Status capture_disk(rapidjson::Document& record, const DiskJob& job, const Optio
       return Error(Exit::config, "--compress needs qcow2 as the first format");
     (*targets)[0].compress = true;
   }
-  if (auto st = disk_image::check_output_directory(job.output_directory, job.force); !st)
-    return st;
+  if (auto st = disk_image::check_output_directory(job.output_directory, job.force); !st) return st;
   auto arts = convert_into(job.disk, job.output_directory, job.force, *targets, o);
   if (!arts) return arts.error();
   set_artifacts(record, kQemuBuilderId, "VM", job.output_directory, *arts);

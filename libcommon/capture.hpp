@@ -6,13 +6,13 @@
 /// image format the build asks for, in parallel, into Packer's
 /// output_directory. Adds the record's "artifacts" section.
 
+#include <rapidjson/document.h>
+
 #include <chrono>
 #include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <rapidjson/document.h>
 
 #include "disk_image.hpp"
 #include "result.hpp"
@@ -57,12 +57,12 @@ Status capture(rapidjson::Document& record, const Options& options);
 
 /// What `capture --disk` converts without a machine.
 struct DiskJob {
-  std::string disk;                          ///< the source image
-  std::vector<disk_image::Format> formats;   ///< first = primary
+  std::string disk;                         ///< the source image
+  std::vector<disk_image::Format> formats;  ///< first = primary
   std::string output_directory;
-  std::string vm_name;                       ///< "" = the disk's file name less its extension
+  std::string vm_name;  ///< "" = the disk's file name less its extension
   bool force = false;
-  bool compress = false;                     ///< qcow2 -c
+  bool compress = false;  ///< qcow2 -c
 };
 
 /// Converts a disk without a machine and returns the "artifacts" section

@@ -2,10 +2,9 @@
 #include "checksum.hpp"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <openssl/evp.h>
 
 #include <array>
 #include <cerrno>
@@ -93,9 +92,7 @@ void digest_worker(Pipeline& p, EVP_MD_CTX* ctx) {
     Pipeline::Slot* slot;
     {
       std::unique_lock lock(p.m);
-      p.block_ready.wait(lock, [&] {
-        return p.abort || next < p.published || p.finished;
-      });
+      p.block_ready.wait(lock, [&] { return p.abort || next < p.published || p.finished; });
       if (p.abort || next >= p.published) return;
       slot = &p.slots[next % kSlots];
     }
@@ -127,9 +124,9 @@ std::optional<Algorithm> parse_algorithm(std::string_view n) {
   return std::nullopt;
 }
 
-Result<std::vector<std::string>> digest_file(
-    const std::string& path, const std::vector<Algorithm>& algorithms,
-    const Progress& progress) {
+Result<std::vector<std::string>> digest_file(const std::string& path,
+                                             const std::vector<Algorithm>& algorithms,
+                                             const Progress& progress) {
   const size_t n = algorithms.size();
   std::vector<std::unique_ptr<EVP_MD, MdDeleter>> mds;
   std::vector<std::unique_ptr<EVP_MD_CTX, MdCtxDeleter>> ctxs;
@@ -140,36 +137,31 @@ Result<std::vector<std::string>> digest_file(
         EVP_MD_fetch(nullptr, std::string(name(a)).c_str(), nullptr));
     std::unique_ptr<EVP_MD_CTX, MdCtxDeleter> ctx(EVP_MD_CTX_new());
     if (!md || !ctx || EVP_DigestInit_ex(ctx.get(), md.get(), nullptr) != 1)
-      return Error(Exit::software, "OpenSSL does not provide " +
-                                       std::string(name(a)));
+      return Error(Exit::software, "OpenSSL does not provide " + std::string(name(a)));
     mds.push_back(std::move(md));
     ctxs.push_back(std::move(ctx));
   }
 
   UniqueFd in(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (in.get() < 0)
-    return Error(Exit::noinput,
-                 "cannot read " + path + ": " + std::strerror(errno));
+    return Error(Exit::noinput, "cannot read " + path + ": " + std::strerror(errno));
   struct stat st {};
   if (::fstat(in.get(), &st) != 0 || S_ISDIR(st.st_mode))
-    return Error(Exit::noinput, "cannot read " + path + ": " +
-                                    (S_ISDIR(st.st_mode) ? "is a directory"
-                                                         : std::strerror(errno)));
-  const std::uint64_t total =
-      S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0;
+    return Error(Exit::noinput,
+                 "cannot read " + path + ": " +
+                     (S_ISDIR(st.st_mode) ? "is a directory" : std::strerror(errno)));
+  const std::uint64_t total = S_ISREG(st.st_mode) ? static_cast<std::uint64_t>(st.st_size) : 0;
   ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
 
   Pipeline p;
   for (auto& slot : p.slots) {
-    slot.data.reset(
-        static_cast<unsigned char*>(std::aligned_alloc(4096, kBlockSize)));
+    slot.data.reset(static_cast<unsigned char*>(std::aligned_alloc(4096, kBlockSize)));
     if (!slot.data) return Error(Exit::software, "out of memory");
   }
 
   std::vector<std::thread> workers;
   workers.reserve(n);
-  for (size_t i = 0; i < n; ++i)
-    workers.emplace_back(digest_worker, std::ref(p), ctxs[i].get());
+  for (size_t i = 0; i < n; ++i) workers.emplace_back(digest_worker, std::ref(p), ctxs[i].get());
 
   std::optional<Error> failure;
   std::uint64_t done = 0;
@@ -192,8 +184,7 @@ Result<std::vector<std::string>> digest_file(
           if (signals::interrupted()) break;
           continue;
         }
-        failure = Error(Exit::ioerr,
-                        "cannot read " + path + ": " + std::strerror(errno));
+        failure = Error(Exit::ioerr, "cannot read " + path + ": " + std::strerror(errno));
         break;
       }
       if (r == 0) break;
@@ -246,26 +237,20 @@ std::string line(std::string_view hex, std::string_view file) {
 
 Status check(const Options& options) {
   for (const auto& t : options.checksum_types)
-    if (!parse_algorithm(t))
-      return Error(Exit::config, "Unrecognized checksum type: " + t);
-  const std::string output =
-      options.output.empty() ? std::string(default_output) : options.output;
+    if (!parse_algorithm(t)) return Error(Exit::config, "Unrecognized checksum type: " + t);
+  const std::string output = options.output.empty() ? std::string(default_output) : options.output;
   if (auto st = tmpl::check_syntax(output); !st)
-    return Error(Exit::config,
-                 "Error parsing target template: " + st.error().message);
+    return Error(Exit::config, "Error parsing target template: " + st.error().message);
   return {};
 }
 
-Result<std::vector<Written>> run(const std::vector<std::string>& files,
-                                 const Options& options,
-                                 const tmpl::Context& context,
-                                 const Progress& progress) {
+Result<std::vector<Written>> run(const std::vector<std::string>& files, const Options& options,
+                                 const tmpl::Context& context, const Progress& progress) {
   if (auto st = check(options); !st) return st.error();
   if (files.empty()) return std::vector<Written>{};  // Packer writes nothing either
   std::vector<std::string> types = options.checksum_types;
   if (types.empty()) types = {"md5"};
-  const std::string output =
-      options.output.empty() ? std::string(default_output) : options.output;
+  const std::string output = options.output.empty() ? std::string(default_output) : options.output;
 
   // Each distinct algorithm once, whatever the list repeats.
   std::vector<Algorithm> algorithms;
@@ -309,8 +294,7 @@ Result<std::vector<Written>> run(const std::vector<std::string>& files,
     ctx.fields["BuilderType"] = options.builder_type;
     ctx.fields["ChecksumType"] = t;
     auto path = tmpl::render(output, ctx);
-    if (!path)
-      return Error(Exit::dataerr, "checksum output: " + path.error().message);
+    if (!path) return Error(Exit::dataerr, "checksum output: " + path.error().message);
     size_t index = 0;
     while (index < outputs.size() && outputs[index].first != *path) ++index;
     if (index == outputs.size()) {
@@ -330,9 +314,8 @@ Result<std::vector<Written>> run(const std::vector<std::string>& files,
     if (target.has_parent_path()) {
       fs::create_directories(target.parent_path(), ec);
       if (ec)
-        return Error(Exit::cantcreat, "cannot create " +
-                                          target.parent_path().string() +
-                                          ": " + ec.message());
+        return Error(Exit::cantcreat,
+                     "cannot create " + target.parent_path().string() + ": " + ec.message());
     }
     auto lock = manifest::UpdateLock::acquire(target);
     if (!lock) return lock.error();
@@ -347,8 +330,7 @@ Result<std::vector<Written>> run(const std::vector<std::string>& files,
       mode = st.st_mode & 07777;
     }
     contents += outputs[i].second;
-    if (auto st2 = write_file_atomically(target, contents, mode); !st2)
-      return st2.error();
+    if (auto st2 = write_file_atomically(target, contents, mode); !st2) return st2.error();
     written.push_back({outputs[i].first, first_type[i], !exists});
   }
   return written;

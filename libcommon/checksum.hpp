@@ -47,9 +47,9 @@ using Progress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 /// Memory stays flat (a few blocks). Errors: Exit::noinput (cannot open),
 /// Exit::ioerr (read error), Exit::interrupted (a signal arrived; checked
 /// between blocks), Exit::software (OpenSSL refused the digest).
-Result<std::vector<std::string>> digest_file(
-    const std::string& path, const std::vector<Algorithm>& algorithms,
-    const Progress& progress = {});
+Result<std::vector<std::string>> digest_file(const std::string& path,
+                                             const std::vector<Algorithm>& algorithms,
+                                             const Progress& progress = {});
 
 /// Packer's line for one file: "<hex>\t<base name of file>\n".
 /// (GNU sha256sum -c accepts a tab as the separator; see checksum_test.)
@@ -73,10 +73,10 @@ Status check(const Options& options);
 
 /// One checksum file written.
 struct Written {
-  std::string path;       ///< as rendered from the output template
-  std::string type;       ///< the checksum type of its lines (first, if shared)
-  bool created = false;   ///< it did not exist before (Packer then adds it
-                          ///< to the artifact's files)
+  std::string path;      ///< as rendered from the output template
+  std::string type;      ///< the checksum type of its lines (first, if shared)
+  bool created = false;  ///< it did not exist before (Packer then adds it
+                         ///< to the artifact's files)
 };
 
 /// Runs the post-processor on an artifact's `files`: renders each type's
@@ -86,9 +86,7 @@ struct Written {
 /// Errors: those of check(), of rendering (Exit::dataerr), of digest_file,
 /// Exit::cantcreat/ioerr (cannot write a checksum file), Exit::tempfail
 /// (another process held a checksum file's lock for too long).
-Result<std::vector<Written>> run(const std::vector<std::string>& files,
-                                 const Options& options,
-                                 const tmpl::Context& context,
-                                 const Progress& progress = {});
+Result<std::vector<Written>> run(const std::vector<std::string>& files, const Options& options,
+                                 const tmpl::Context& context, const Progress& progress = {});
 
 }  // namespace kiln::checksum

@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE checksum
-#include <boost/test/unit_test.hpp>
+#include "checksum.hpp"
 
 #include <signal.h>
 
+#include <boost/test/unit_test.hpp>
 #include <fstream>
 #include <random>
 #include <thread>
 
 #include "atomic_file.hpp"
-#include "checksum.hpp"
 #include "process.hpp"
 #include "signals.hpp"
 #include "test_support.hpp"
@@ -51,9 +51,9 @@ std::string why(const R& r) {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(names) {
-  for (auto a : {checksum::Algorithm::md5, checksum::Algorithm::sha1,
-                 checksum::Algorithm::sha224, checksum::Algorithm::sha256,
-                 checksum::Algorithm::sha384, checksum::Algorithm::sha512})
+  for (auto a :
+       {checksum::Algorithm::md5, checksum::Algorithm::sha1, checksum::Algorithm::sha224,
+        checksum::Algorithm::sha256, checksum::Algorithm::sha384, checksum::Algorithm::sha512})
     BOOST_TEST((checksum::parse_algorithm(checksum::name(a)) == a));
   BOOST_TEST(!checksum::parse_algorithm("SHA256"));
   BOOST_TEST(!checksum::parse_algorithm("crc32"));
@@ -62,23 +62,21 @@ BOOST_AUTO_TEST_CASE(names) {
 // Sizes around the 4 MiB block and past the ring of four slots.
 BOOST_AUTO_TEST_CASE(digests_match_coreutils_at_block_edges) {
   testing::TempDir dir;
-  const std::vector<std::string> algs = {"md5",    "sha1",   "sha224",
-                                         "sha256", "sha384", "sha512"};
+  const std::vector<std::string> algs = {"md5", "sha1", "sha224", "sha256", "sha384", "sha512"};
   std::vector<checksum::Algorithm> all;
   for (const auto& a : algs) all.push_back(*checksum::parse_algorithm(a));
   const size_t mib = size_t{1} << 20;
   unsigned seed = 1;
-  for (size_t size : {size_t{0}, size_t{1}, 4 * mib - 1, 4 * mib, 4 * mib + 1,
-                      8 * mib, 21 * mib + 12345}) {
+  for (size_t size :
+       {size_t{0}, size_t{1}, 4 * mib - 1, 4 * mib, 4 * mib + 1, 8 * mib, 21 * mib + 12345}) {
     fs::path f = dir.path / ("f" + std::to_string(size));
     write_random(f, size, seed++);
     std::uint64_t last_done = 0, last_total = 0;
-    auto got = checksum::digest_file(
-        f.string(), all, [&](std::uint64_t done, std::uint64_t total) {
-          BOOST_TEST(done >= last_done);
-          last_done = done;
-          last_total = total;
-        });
+    auto got = checksum::digest_file(f.string(), all, [&](std::uint64_t done, std::uint64_t total) {
+      BOOST_TEST(done >= last_done);
+      last_done = done;
+      last_total = total;
+    });
     BOOST_REQUIRE_MESSAGE(got.ok(), why(got));
     BOOST_REQUIRE_EQUAL(got->size(), algs.size());
     for (size_t i = 0; i < algs.size(); ++i)
@@ -88,8 +86,8 @@ BOOST_AUTO_TEST_CASE(digests_match_coreutils_at_block_edges) {
   }
   // The same algorithm twice and one alone give the same digest.
   fs::path f = dir.path / "f8388608";
-  auto twice = checksum::digest_file(
-      f.string(), {checksum::Algorithm::sha256, checksum::Algorithm::sha256});
+  auto twice =
+      checksum::digest_file(f.string(), {checksum::Algorithm::sha256, checksum::Algorithm::sha256});
   auto once = checksum::digest_file(f.string(), {checksum::Algorithm::sha256});
   BOOST_REQUIRE(twice.ok() && once.ok());
   BOOST_TEST((*twice)[0] == (*once)[0]);
@@ -98,12 +96,10 @@ BOOST_AUTO_TEST_CASE(digests_match_coreutils_at_block_edges) {
 
 BOOST_AUTO_TEST_CASE(digest_errors) {
   testing::TempDir dir;
-  auto missing = checksum::digest_file((dir.path / "nope").string(),
-                                       {checksum::Algorithm::md5});
+  auto missing = checksum::digest_file((dir.path / "nope").string(), {checksum::Algorithm::md5});
   BOOST_REQUIRE(!missing.ok());
   BOOST_TEST((missing.error().code == Exit::noinput));
-  auto directory = checksum::digest_file(dir.path.string(),
-                                         {checksum::Algorithm::md5});
+  auto directory = checksum::digest_file(dir.path.string(), {checksum::Algorithm::md5});
   BOOST_REQUIRE(!directory.ok());
   BOOST_TEST((directory.error().code == Exit::noinput));
 }
@@ -112,12 +108,11 @@ BOOST_AUTO_TEST_CASE(interrupt_stops_between_blocks) {
   testing::TempDir dir;
   write_random(dir.path / "big", 12 << 20, 7);
   int calls = 0;
-  auto got = checksum::digest_file(
-      (dir.path / "big").string(),
-      {checksum::Algorithm::sha256, checksum::Algorithm::md5},
-      [&](std::uint64_t, std::uint64_t) {
-        if (++calls == 1) signals::raise_for_test(SIGINT);
-      });
+  auto got = checksum::digest_file((dir.path / "big").string(),
+                                   {checksum::Algorithm::sha256, checksum::Algorithm::md5},
+                                   [&](std::uint64_t, std::uint64_t) {
+                                     if (++calls == 1) signals::raise_for_test(SIGINT);
+                                   });
   signals::clear();
   BOOST_REQUIRE(!got.ok());
   BOOST_TEST((got.error().code == Exit::interrupted));
@@ -174,25 +169,27 @@ BOOST_AUTO_TEST_CASE(run_writes_packers_files_that_sha256sum_accepts) {
 
   auto sha = read_file(dir.path / "packer_web_qemu_sha256.checksum");
   BOOST_REQUIRE(sha.ok());
-  BOOST_TEST(*sha == coreutils("sha256", a) + "\tdisk.qcow2\n" +
-                         coreutils("sha256", b) + "\tdisk.vmdk\n" +
-                         coreutils("sha256", a) + "\tdisk.qcow2\n");
+  BOOST_TEST(*sha == coreutils("sha256", a) + "\tdisk.qcow2\n" + coreutils("sha256", b) +
+                         "\tdisk.vmdk\n" + coreutils("sha256", a) + "\tdisk.qcow2\n");
   auto md5 = read_file(dir.path / "packer_web_qemu_md5.checksum");
   BOOST_REQUIRE(md5.ok());
   BOOST_TEST(md5->find(coreutils("md5", b) + "\tdisk.vmdk\n") != std::string::npos);
 
   for (const char* tool : {"sha256sum", "md5sum"}) {
-    std::string file = std::string("../packer_web_qemu_") +
-                       (tool[0] == 's' ? "sha256" : "md5") + ".checksum";
-    auto ok = process::run({tool, {"--check", "--strict", file}, {},
-                            (dir.path / "out").string(), std::nullopt});
+    std::string file =
+        std::string("../packer_web_qemu_") + (tool[0] == 's' ? "sha256" : "md5") + ".checksum";
+    auto ok = process::run(
+        {tool, {"--check", "--strict", file}, {}, (dir.path / "out").string(), std::nullopt});
     BOOST_REQUIRE(ok.ok());
     BOOST_TEST(ok->exit_code == 0, tool << ": " << ok->out << ok->err);
   }
   // And it can fail: a changed file is reported.
   std::ofstream(b, std::ios::app) << "x";
-  auto bad = process::run({"sha256sum", {"--check", "../packer_web_qemu_sha256.checksum"},
-                           {}, (dir.path / "out").string(), std::nullopt});
+  auto bad = process::run({"sha256sum",
+                           {"--check", "../packer_web_qemu_sha256.checksum"},
+                           {},
+                           (dir.path / "out").string(),
+                           std::nullopt});
   BOOST_REQUIRE(bad.ok());
   BOOST_TEST(bad->exit_code != 0);
   // Nothing but the two checksum files beside the outputs (no temp, no lock).
@@ -219,9 +216,9 @@ BOOST_AUTO_TEST_CASE(types_sharing_one_output_follow_packers_order) {
   BOOST_TEST((*w)[0].path == (dir.path / "sums/1.2/SUMS").string());
   auto text = read_file(dir.path / "sums/1.2/SUMS");
   BOOST_REQUIRE(text.ok());
-  BOOST_TEST(*text == coreutils("sha1", a) + "\ta.img\n" + coreutils("sha1", b) +
-                          "\tb.img\n" + coreutils("sha512", a) + "\ta.img\n" +
-                          coreutils("sha512", b) + "\tb.img\n");
+  BOOST_TEST(*text == coreutils("sha1", a) + "\ta.img\n" + coreutils("sha1", b) + "\tb.img\n" +
+                          coreutils("sha512", a) + "\ta.img\n" + coreutils("sha512", b) +
+                          "\tb.img\n");
 }
 
 BOOST_AUTO_TEST_CASE(a_missing_file_writes_nothing) {
@@ -229,8 +226,7 @@ BOOST_AUTO_TEST_CASE(a_missing_file_writes_nothing) {
   write_random(dir.path / "a", 10, 1);
   checksum::Options o;
   o.output = (dir.path / "sum_{{.ChecksumType}}").string();
-  auto w = checksum::run({(dir.path / "a").string(), (dir.path / "gone").string()},
-                         o, context());
+  auto w = checksum::run({(dir.path / "a").string(), (dir.path / "gone").string()}, o, context());
   BOOST_REQUIRE(!w.ok());
   BOOST_TEST((w.error().code == Exit::noinput));
   BOOST_TEST(!fs::exists(dir.path / "sum_md5"));
@@ -248,8 +244,7 @@ BOOST_AUTO_TEST_CASE(a_missing_file_writes_nothing) {
 BOOST_AUTO_TEST_CASE(parallel_appends_lose_nothing) {
   testing::TempDir dir;
   const int n = 8;
-  for (int i = 0; i < n; ++i)
-    write_random(dir.path / ("f" + std::to_string(i)), 1000 + i, i);
+  for (int i = 0; i < n; ++i) write_random(dir.path / ("f" + std::to_string(i)), 1000 + i, i);
   std::vector<std::thread> threads;
   std::vector<int> ok(n, 0);
   for (int i = 0; i < n; ++i)
@@ -258,8 +253,8 @@ BOOST_AUTO_TEST_CASE(parallel_appends_lose_nothing) {
       o.checksum_types = {"sha256"};
       o.output = (dir.path / "SHA256SUMS").string();
       for (int round = 0; round < 5; ++round) {
-        auto w = checksum::run({(dir.path / ("f" + std::to_string(i))).string()},
-                               o, tmpl::Context{});
+        auto w =
+            checksum::run({(dir.path / ("f" + std::to_string(i))).string()}, o, tmpl::Context{});
         ok[i] += w.ok() ? 1 : 0;
       }
     });
@@ -270,8 +265,11 @@ BOOST_AUTO_TEST_CASE(parallel_appends_lose_nothing) {
   size_t lines = 0;
   for (char c : *text) lines += c == '\n';
   BOOST_TEST(lines == size_t{n} * 5);
-  auto check = process::run({"sha256sum", {"--check", "--strict", "--quiet", "SHA256SUMS"},
-                             {}, dir.path.string(), std::nullopt});
+  auto check = process::run({"sha256sum",
+                             {"--check", "--strict", "--quiet", "SHA256SUMS"},
+                             {},
+                             dir.path.string(),
+                             std::nullopt});
   BOOST_REQUIRE(check.ok());
   BOOST_TEST(check->exit_code == 0);
   BOOST_TEST(!fs::exists(dir.path / "SHA256SUMS.lock"));

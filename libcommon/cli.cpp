@@ -24,15 +24,12 @@ int parse_style() {
   namespace style = po::command_line_style;
   // Guessing would make "-v" ambiguous with --var/--verbose/--version once
   // single-dash long options are allowed; Packer users type -var exactly.
-  return (style::default_style & ~style::allow_guessing) |
-         style::allow_long_disguise;
+  return (style::default_style & ~style::allow_guessing) | style::allow_long_disguise;
 }
 
 Status write_stdout(const std::string& text) {
-  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() ||
-      std::fflush(stdout) != 0)
-    return Error(Exit::ioerr,
-                 std::string("cannot write to stdout: ") + std::strerror(errno));
+  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() || std::fflush(stdout) != 0)
+    return Error(Exit::ioerr, std::string("cannot write to stdout: ") + std::strerror(errno));
   return {};
 }
 
@@ -44,15 +41,13 @@ Parser::Parser(std::string tool, std::string usage, std::string summary)
       summary_(std::move(summary)),
       own_("Options", kColumns, kColumns / 2),
       common_("Common options", kColumns, kColumns / 2) {
-  common_.add_options()
-      ("help,h", "show this help and exit")
-      ("version", "show the version and exit")
-      ("verbose,v", "more detail on stderr (repeat for even more)")
-      ("quiet,q", "only errors on stderr")
-      ("log-format", po::value<std::string>()->value_name("FORMAT"),
-       "human (default) or json: one JSON event per line")
-      ("color", po::value<std::string>()->value_name("WHEN"),
-       "auto (default), always or never");
+  common_.add_options()("help,h", "show this help and exit")(
+      "version", "show the version and exit")("verbose,v",
+                                              "more detail on stderr (repeat for even more)")(
+      "quiet,q", "only errors on stderr")("log-format",
+                                          po::value<std::string>()->value_name("FORMAT"),
+                                          "human (default) or json: one JSON event per line")(
+      "color", po::value<std::string>()->value_name("WHEN"), "auto (default), always or never");
 }
 
 std::string Parser::help() const {
@@ -66,8 +61,8 @@ std::string Parser::help() const {
   return out.str();
 }
 
-Result<Outcome> Parser::parse(int argc, const char* const argv[],
-                              po::variables_map& vm, Common& common) {
+Result<Outcome> Parser::parse(int argc, const char* const argv[], po::variables_map& vm,
+                              Common& common) {
   po::options_description all;
   all.add(own_).add(common_);
   po::parsed_options parsed(nullptr);
@@ -84,9 +79,7 @@ Result<Outcome> Parser::parse(int argc, const char* const argv[],
       if (o.string_key == "quiet") quiet = true;
     }
     // -v may be repeated; count it before store() rejects the repeat.
-    std::erase_if(parsed.options, [](const po::option& o) {
-      return o.string_key == "verbose";
-    });
+    std::erase_if(parsed.options, [](const po::option& o) { return o.string_key == "verbose"; });
     po::store(parsed, vm);
     po::notify(vm);
     common.verbosity = quiet ? -1 : std::min(verbose, 2);
@@ -98,25 +91,23 @@ Result<Outcome> Parser::parse(int argc, const char* const argv[],
   if (vm.count("log-format")) {
     common.log_format = vm["log-format"].as<std::string>();
     if (common.log_format != "human" && common.log_format != "json")
-      return Error(Exit::usage, "--log-format must be human or json, not '" +
-                                    common.log_format + "'");
+      return Error(Exit::usage,
+                   "--log-format must be human or json, not '" + common.log_format + "'");
   }
   if (vm.count("color")) {
     common.color = vm["color"].as<std::string>();
     if (common.color == "true") common.color = "always";
     if (common.color == "false") common.color = "never";
-    if (common.color != "auto" && common.color != "always" &&
-        common.color != "never")
-      return Error(Exit::usage, "--color must be auto, always or never, not '" +
-                                    common.color + "'");
+    if (common.color != "auto" && common.color != "always" && common.color != "never")
+      return Error(Exit::usage,
+                   "--color must be auto, always or never, not '" + common.color + "'");
   }
   if (common.help) {
     if (auto st = write_stdout(help()); !st) return st.error();
     return Outcome{true, Exit::ok};
   }
   if (common.version) {
-    if (auto st = write_stdout(tool_ + " (kiln) " KILN_VERSION "\n"); !st)
-      return st.error();
+    if (auto st = write_stdout(tool_ + " (kiln) " KILN_VERSION "\n"); !st) return st.error();
     return Outcome{true, Exit::ok};
   }
   return Outcome{};
@@ -125,11 +116,8 @@ Result<Outcome> Parser::parse(int argc, const char* const argv[],
 log::Logger make_logger(const std::string& tool, const Common& common) {
   bool color = false;
   if (common.color == "always") color = true;
-  if (common.color == "auto")
-    color = ::isatty(STDERR_FILENO) && !std::getenv("NO_COLOR");
-  return log::Logger(tool,
-                     common.log_format == "json" ? log::Format::json
-                                                 : log::Format::human,
+  if (common.color == "auto") color = ::isatty(STDERR_FILENO) && !std::getenv("NO_COLOR");
+  return log::Logger(tool, common.log_format == "json" ? log::Format::json : log::Format::human,
                      common.verbosity, color);
 }
 

@@ -5,12 +5,12 @@
 /// (--help, --version, -v, -q, --log-format, --color), --help in 80 columns
 /// on stdout, and one specific line on stderr (exit 64) for a bad option.
 
+#include <rapidjson/document.h>
+
+#include <boost/program_options.hpp>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <boost/program_options.hpp>
-#include <rapidjson/document.h>
 
 #include "exit_code.hpp"
 #include "log.hpp"
@@ -57,8 +57,7 @@ class Parser {
 
   /// Parses argv into `vm` and `common`. Prints --help/--version itself.
   /// Errors: Exit::usage with one line naming the bad option or value.
-  Result<Outcome> parse(int argc, const char* const argv[],
-                        po::variables_map& vm, Common& common);
+  Result<Outcome> parse(int argc, const char* const argv[], po::variables_map& vm, Common& common);
 
   std::string help() const;
   const std::string& tool() const { return tool_; }

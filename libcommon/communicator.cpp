@@ -92,8 +92,8 @@ Result<int> Communicator::run(const std::string& command, const Sink& out, const
     }
     head.clear();
   };
-  auto r = session_->exec("echo " + std::string(kPidMarker) + "$$; " + command, out_sink, err,
-                          timeout);
+  auto r =
+      session_->exec("echo " + std::string(kPidMarker) + "$$; " + command, out_sink, err, timeout);
   if (!head_done && !head.empty() && out) out(head);
   if (r) return *r;
   Error e = r.error();
@@ -123,8 +123,8 @@ Status forget_on_failure(Status st, std::optional<ssh::Session>& session) {
 Status Communicator::upload_file(const std::string& local, const std::string& remote,
                                  const Progress& progress, std::optional<int> mode) {
   if (auto st = ensure(); !st) return st;
-  return forget_on_failure(
-      session_->upload_file(local, remote, transfer_options(progress), mode), session_);
+  return forget_on_failure(session_->upload_file(local, remote, transfer_options(progress), mode),
+                           session_);
 }
 
 Status Communicator::upload_data(std::string_view data, const std::string& remote, int mode) {
@@ -136,22 +136,22 @@ Status Communicator::upload_data(std::string_view data, const std::string& remot
 Status Communicator::upload_directory(const std::string& local, const std::string& remote,
                                       const Progress& progress) {
   if (auto st = ensure(); !st) return st;
-  return forget_on_failure(
-      session_->upload_directory(local, remote, transfer_options(progress)), session_);
+  return forget_on_failure(session_->upload_directory(local, remote, transfer_options(progress)),
+                           session_);
 }
 
 Status Communicator::download_file(const std::string& remote, const std::string& local,
                                    const Progress& progress) {
   if (auto st = ensure(); !st) return st;
-  return forget_on_failure(
-      session_->download_file(remote, local, transfer_options(progress)), session_);
+  return forget_on_failure(session_->download_file(remote, local, transfer_options(progress)),
+                           session_);
 }
 
 Status Communicator::download_directory(const std::string& remote, const std::string& local,
                                         const Progress& progress) {
   if (auto st = ensure(); !st) return st;
-  return forget_on_failure(
-      session_->download_directory(remote, local, transfer_options(progress)), session_);
+  return forget_on_failure(session_->download_directory(remote, local, transfer_options(progress)),
+                           session_);
 }
 
 Result<bool> Communicator::is_directory(const std::string& remote) {

@@ -11,8 +11,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -51,9 +51,9 @@ std::string user_name(uid_t uid) {
   if (auto it = cache.find(uid); it != cache.end()) return it->second;
   std::string name;
   std::vector<char> buf(16384);
-  struct passwd pw {}, *found = nullptr;
-  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) == 0 && found)
-    name = pw.pw_name;
+  struct passwd pw {
+  }, *found = nullptr;
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) == 0 && found) name = pw.pw_name;
   return cache[uid] = name;
 }
 
@@ -64,9 +64,9 @@ std::string group_name(gid_t gid) {
   if (auto it = cache.find(gid); it != cache.end()) return it->second;
   std::string name;
   std::vector<char> buf(16384);
-  struct group gr {}, *found = nullptr;
-  if (::getgrgid_r(gid, &gr, buf.data(), buf.size(), &found) == 0 && found)
-    name = gr.gr_name;
+  struct group gr {
+  }, *found = nullptr;
+  if (::getgrgid_r(gid, &gr, buf.data(), buf.size(), &found) == 0 && found) name = gr.gr_name;
   return cache[gid] = name;
 }
 
@@ -88,14 +88,13 @@ std::string zip_name(std::string_view path) {
 
 Error archive_error(struct archive* a, const fs::path& target, Exit code = Exit::ioerr) {
   const char* msg = archive_error_string(a);
-  return Error(code, "cannot write " + target.string() + ": " +
-                         (msg ? msg : "libarchive failed"));
+  return Error(code, "cannot write " + target.string() + ": " + (msg ? msg : "libarchive failed"));
 }
 
 // Sets a libarchive option; a setting this libarchive lacks is an error
 // unless `optional` (threads for zstd appeared in a later libarchive).
-Status option(struct archive* a, const char* module, const char* key,
-              const std::string& value, const fs::path& target, bool optional = false) {
+Status option(struct archive* a, const char* module, const char* key, const std::string& value,
+              const fs::path& target, bool optional = false) {
   int r = std::strcmp(module, "zip") == 0
               ? archive_write_set_format_option(a, module, key, value.c_str())
               : archive_write_set_filter_option(a, module, key, value.c_str());
@@ -103,7 +102,6 @@ Status option(struct archive* a, const char* module, const char* key,
   return Error(Exit::software, "cannot write " + target.string() + ": libarchive refused " +
                                    module + ":" + key + "=" + value);
 }
-
 
 // gzip on every core, as Packer's pgzip does: the stream is cut into 4 MiB
 // chunks, each compressed by its own libarchive gzip writer on a worker
@@ -211,15 +209,15 @@ class GzipMembers {
     std::unique_ptr<archive_entry, EntryDeleter> entry(archive_entry_new());
     job.output.reserve(job.input.size() / 2 + 4096);
     const std::string level = std::to_string(level_);
-    bool ok = a && entry && archive_write_set_format_raw(a.get()) == ARCHIVE_OK &&
-              archive_write_add_filter_gzip(a.get()) == ARCHIVE_OK &&
-              archive_write_set_filter_option(a.get(), "gzip", "compression-level",
-                                              level.c_str()) == ARCHIVE_OK &&
-              archive_write_set_filter_option(a.get(), "gzip", "timestamp", nullptr) ==
-                  ARCHIVE_OK &&
-              archive_write_set_bytes_per_block(a.get(), 0) == ARCHIVE_OK &&
-              archive_write_open2(a.get(), &job.output, nullptr, &GzipMembers::append,
-                                  nullptr, nullptr) == ARCHIVE_OK;
+    bool ok =
+        a && entry && archive_write_set_format_raw(a.get()) == ARCHIVE_OK &&
+        archive_write_add_filter_gzip(a.get()) == ARCHIVE_OK &&
+        archive_write_set_filter_option(a.get(), "gzip", "compression-level", level.c_str()) ==
+            ARCHIVE_OK &&
+        archive_write_set_filter_option(a.get(), "gzip", "timestamp", nullptr) == ARCHIVE_OK &&
+        archive_write_set_bytes_per_block(a.get(), 0) == ARCHIVE_OK &&
+        archive_write_open2(a.get(), &job.output, nullptr, &GzipMembers::append, nullptr,
+                            nullptr) == ARCHIVE_OK;
     if (ok) {
       archive_entry_set_filetype(entry.get(), AE_IFREG);
       archive_entry_set_size(entry.get(), static_cast<la_int64_t>(job.input.size()));
@@ -258,7 +256,7 @@ class GzipMembers {
   int level_;
   size_t max_in_flight_;
   std::string pending_;
-  std::deque<std::shared_ptr<Job>> jobs_;  // in stream order, owned by the caller
+  std::deque<std::shared_ptr<Job>> jobs_;   // in stream order, owned by the caller
   std::deque<std::shared_ptr<Job>> queue_;  // not yet taken by a worker
   std::vector<std::thread> workers_;
   std::mutex m_;
@@ -309,21 +307,30 @@ la_ssize_t sink_write(struct archive* a, void* opaque, const void* data, size_t 
 
 std::string_view name(Archive a) {
   switch (a) {
-    case Archive::tar: return "tar";
-    case Archive::zip: return "zip";
-    case Archive::none: break;
+    case Archive::tar:
+      return "tar";
+    case Archive::zip:
+      return "zip";
+    case Archive::none:
+      break;
   }
   return "none";
 }
 
 std::string_view name(Algorithm a) {
   switch (a) {
-    case Algorithm::gzip: return "gzip";
-    case Algorithm::xz: return "xz";
-    case Algorithm::zstd: return "zstd";
-    case Algorithm::lz4: return "lz4";
-    case Algorithm::bgzf: return "bgzf";
-    case Algorithm::none: break;
+    case Algorithm::gzip:
+      return "gzip";
+    case Algorithm::xz:
+      return "xz";
+    case Algorithm::zstd:
+      return "zstd";
+    case Algorithm::lz4:
+      return "lz4";
+    case Algorithm::bgzf:
+      return "bgzf";
+    case Algorithm::none:
+      break;
   }
   return "none";
 }
@@ -352,7 +359,7 @@ Format detect_format(std::string_view output_template, std::string_view format) 
   if (last == "zip") return {Archive::zip, Algorithm::none};
   if (last == "tar") return {Archive::tar, Algorithm::none};
   static const std::map<std::string, Algorithm> algorithms = {
-      {"gz", Algorithm::gzip}, {"xz", Algorithm::xz},     {"lz4", Algorithm::lz4},
+      {"gz", Algorithm::gzip},   {"xz", Algorithm::xz},    {"lz4", Algorithm::lz4},
       {"bgzf", Algorithm::bgzf}, {"zst", Algorithm::zstd},
   };
   if (auto it = algorithms.find(last); it != algorithms.end()) {
@@ -382,8 +389,8 @@ std::vector<Entry> packer_entries(const std::vector<std::string>& files, Archive
   return entries;
 }
 
-Status write(const fs::path& target, const std::vector<Entry>& entries,
-             const Settings& settings, const Progress& progress) {
+Status write(const fs::path& target, const std::vector<Entry>& entries, const Settings& settings,
+             const Progress& progress) {
   const Format f = settings.format;
   if (f.algorithm == Algorithm::bgzf)
     return Error(Exit::config, "bgzf (blocked gzip) output is not supported; use .gz");
@@ -408,8 +415,8 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
     }
     sources[i].fd.reset(::open(e.source.c_str(), O_RDONLY | O_CLOEXEC));
     if (sources[i].fd.get() < 0 || ::fstat(sources[i].fd.get(), &sources[i].st) != 0)
-      return Error(Exit::noinput, "Unable to read file " + e.source.string() + ": " +
-                                      std::strerror(errno));
+      return Error(Exit::noinput,
+                   "Unable to read file " + e.source.string() + ": " + std::strerror(errno));
     if (!S_ISREG(sources[i].st.st_mode))
       return Error(Exit::noinput,
                    "Unable to read file " + e.source.string() + ": not a regular file");
@@ -421,8 +428,8 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
     std::error_code ec;
     fs::create_directories(target.parent_path(), ec);
     if (ec)
-      return Error(Exit::cantcreat, "Unable to create dir for archive " + target.string() +
-                                        ": " + ec.message());
+      return Error(Exit::cantcreat,
+                   "Unable to create dir for archive " + target.string() + ": " + ec.message());
   }
   auto file = AtomicFile::create(target, 0644);
   if (!file) return file.error();
@@ -450,9 +457,15 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
 
   int r = ARCHIVE_OK;
   switch (f.archive) {
-    case Archive::tar: r = archive_write_set_format_gnutar(a); break;
-    case Archive::zip: r = archive_write_set_format_zip(a); break;
-    case Archive::none: r = archive_write_set_format_raw(a); break;
+    case Archive::tar:
+      r = archive_write_set_format_gnutar(a);
+      break;
+    case Archive::zip:
+      r = archive_write_set_format_zip(a);
+      break;
+    case Archive::none:
+      r = archive_write_set_format_raw(a);
+      break;
   }
   if (r != ARCHIVE_OK) return archive_error(a, target, Exit::software);
   const std::string level = std::to_string(settings.level);
@@ -481,7 +494,8 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
         if (auto st = option(a, "lz4", "compression-level", level, target); !st) return st;
       break;
     case Algorithm::none:
-    case Algorithm::bgzf: break;
+    case Algorithm::bgzf:
+      break;
   }
   if (r != ARCHIVE_OK) return archive_error(a, target, Exit::software);
   if (f.archive == Archive::zip)
@@ -570,8 +584,7 @@ Status write(const fs::path& target, const std::vector<Entry>& entries,
 }
 
 Status check(const Options& options) {
-  const std::string output =
-      options.output.empty() ? std::string(default_output) : options.output;
+  const std::string output = options.output.empty() ? std::string(default_output) : options.output;
   if (auto st = tmpl::check_syntax(output); !st)
     return Error(Exit::config, "Error parsing target template: " + st.error().message);
   if (auto level = normalize_level(options.compression_level); !level) return level.error();
@@ -583,8 +596,7 @@ Status check(const Options& options) {
 Result<Written> run(const std::vector<std::string>& files, const Options& options,
                     const tmpl::Context& context, const Progress& progress) {
   if (auto st = check(options); !st) return st.error();
-  const std::string output =
-      options.output.empty() ? std::string(default_output) : options.output;
+  const std::string output = options.output.empty() ? std::string(default_output) : options.output;
   const Format format = detect_format(output, options.format);
   tmpl::Context ctx = context;
   ctx.fields["BuildName"] = options.build_name;

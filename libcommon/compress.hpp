@@ -92,8 +92,8 @@ struct Settings {
 /// flat whatever the sizes). The file appears complete or not at all: a
 /// failure or an interrupt (checked between blocks) removes the temporary
 /// file. No entries make an empty tar or zip. Errors: Exit::config (bgzf;
-/// not exactly one entry without an archive), Exit::noinput (a source cannot be read), Exit::dataerr (a
-/// source changed size while read), Exit::cantcreat, Exit::ioerr,
+/// not exactly one entry without an archive), Exit::noinput (a source cannot be read),
+/// Exit::dataerr (a source changed size while read), Exit::cantcreat, Exit::ioerr,
 /// Exit::interrupted, Exit::software (libarchive refused a setting).
 Status write(const std::filesystem::path& target, const std::vector<Entry>& entries,
              const Settings& settings, const Progress& progress = {});

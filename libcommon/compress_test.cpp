@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE compress
-#include <boost/test/unit_test.hpp>
+#include "compress.hpp"
 
 #include <signal.h>
 #include <sys/resource.h>
@@ -9,11 +9,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/test/unit_test.hpp>
 #include <fstream>
 #include <random>
 
 #include "atomic_file.hpp"
-#include "compress.hpp"
 #include "process.hpp"
 #include "signals.hpp"
 #include "test_support.hpp"
@@ -36,8 +36,8 @@ std::string random_bytes(size_t size, unsigned seed) {
   std::string data(size, '\0');
   // Half random, half text: compressible but not trivially.
   for (size_t i = 0; i < size; ++i)
-    data[i] = (i / 4096) % 2 ? static_cast<char>(rng() & 0xff)
-                             : static_cast<char>('a' + (rng() % 4));
+    data[i] =
+        (i / 4096) % 2 ? static_cast<char>(rng() & 0xff) : static_cast<char>('a' + (rng() % 4));
   return data;
 }
 
@@ -148,8 +148,8 @@ BOOST_AUTO_TEST_CASE(format_from_the_output_as_packer_detects_it) {
   for (const auto& c : cases) {
     Format f = compress::detect_format(c.output, c.format);
     BOOST_TEST((f == c.expected), c.output << " + " << c.format << ": got "
-                                            << compress::name(f.archive) << "/"
-                                            << compress::name(f.algorithm));
+                                           << compress::name(f.archive) << "/"
+                                           << compress::name(f.algorithm));
   }
 }
 
@@ -243,7 +243,8 @@ BOOST_AUTO_TEST_CASE(zip_keeps_the_paths_as_given) {
   BOOST_REQUIRE_MESSAGE(w.ok(), why(w));
   BOOST_TEST(sh("unzip -tq out/a.zip", art.dir.path) == 0);
   std::string names;
-  BOOST_TEST(sh("python3 -c 'import zipfile,sys; print(\"\\n\".join(zipfile.ZipFile(sys.argv[1]).namelist()))' out/a.zip",
+  BOOST_TEST(sh("python3 -c 'import zipfile,sys; "
+                "print(\"\\n\".join(zipfile.ZipFile(sys.argv[1]).namelist()))' out/a.zip",
                 art.dir.path, &names) == 0);
   const std::string absolute = (art.dir.path / art.files[2]).string().substr(1);
   BOOST_TEST(names == "in/output-qemu/disk.qcow2\nin/output-qemu/notes.txt\n" + absolute + "\n");
@@ -253,9 +254,11 @@ BOOST_AUTO_TEST_CASE(zip_keeps_the_paths_as_given) {
 }
 
 BOOST_AUTO_TEST_CASE(single_streams_and_packers_one_input_rule) {
-  for (const auto& [output, tool] : std::vector<std::pair<std::string, std::string>>{
-           {"d.gz", "gzip -dc"}, {"d.xz", "xz -dc"}, {"d.zst", "zstd -q -dc"},
-           {"d.lz4", "lz4 -q -dc"}}) {
+  for (const auto& [output, tool] :
+       std::vector<std::pair<std::string, std::string>>{{"d.gz", "gzip -dc"},
+                                                        {"d.xz", "xz -dc"},
+                                                        {"d.zst", "zstd -q -dc"},
+                                                        {"d.lz4", "lz4 -q -dc"}}) {
     Artifact art;
     auto w = art.run(output, 1, {art.files[0]});
     BOOST_REQUIRE_MESSAGE(w.ok(), output << ": " << why(w));
@@ -319,8 +322,9 @@ BOOST_AUTO_TEST_CASE(entries_from_memory_with_their_own_mode) {
   BOOST_TEST(listing.empty());
   s.format = {Archive::zip, Algorithm::none};
   BOOST_TEST(compress::write(dir.path / "none.zip", {}, s).ok());
-  BOOST_TEST(sh("python3 -c 'import zipfile; assert zipfile.ZipFile(\"none.zip\").namelist() == []'",
-                dir.path) == 0);
+  BOOST_TEST(
+      sh("python3 -c 'import zipfile; assert zipfile.ZipFile(\"none.zip\").namelist() == []'",
+         dir.path) == 0);
   s.format = {Archive::none, Algorithm::gzip};
   BOOST_TEST(!compress::write(dir.path / "none.gz", {}, s).ok());
   s.format = {Archive::none, Algorithm::bgzf};
@@ -339,7 +343,8 @@ BOOST_AUTO_TEST_CASE(memory_stays_flat_on_a_large_input) {
   pid_t pid = ::fork();
   BOOST_REQUIRE(pid >= 0);
   if (pid == 0) {
-    struct rusage before {}, after {};
+    struct rusage before {
+    }, after{};
     ::getrusage(RUSAGE_SELF, &before);
     compress::Settings s;
     s.format = {Archive::tar, Algorithm::zstd};

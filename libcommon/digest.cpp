@@ -35,8 +35,10 @@ Result<std::string> file_hex(const std::string& path, const std::string& algorit
   EVP_DigestInit_ex(ctx.get(), md, nullptr);
   std::vector<unsigned char> buf(1 << 20);
   size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) EVP_DigestUpdate(ctx.get(), buf.data(), n);
-  if (std::ferror(f)) return Error(Exit::ioerr, "cannot read " + path + ": " + std::strerror(errno));
+  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0)
+    EVP_DigestUpdate(ctx.get(), buf.data(), n);
+  if (std::ferror(f))
+    return Error(Exit::ioerr, "cannot read " + path + ": " + std::strerror(errno));
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(ctx.get(), out, &len);
@@ -58,8 +60,8 @@ std::string random_uuid() {
   std::snprintf(out, sizeof out,
                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
                 "%02x%02x%02x%02x%02x%02x",
-                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9],
-                b[10], b[11], b[12], b[13], b[14], b[15]);
+                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+                b[13], b[14], b[15]);
   return out;
 }
 

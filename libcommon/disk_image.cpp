@@ -3,11 +3,12 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <rapidjson/document.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,7 +22,6 @@
 #include <cstring>
 #include <memory>
 #include <optional>
-#include <rapidjson/document.h>
 #include <set>
 #include <thread>
 
@@ -46,11 +46,16 @@ const std::vector<Format>& formats() {
 
 std::string_view name(Format format) {
   switch (format) {
-    case Format::qcow2: return "qcow2";
-    case Format::raw: return "raw";
-    case Format::vmdk: return "vmdk";
-    case Format::vhdx: return "vhdx";
-    case Format::vdi: return "vdi";
+    case Format::qcow2:
+      return "qcow2";
+    case Format::raw:
+      return "raw";
+    case Format::vmdk:
+      return "vmdk";
+    case Format::vhdx:
+      return "vhdx";
+    case Format::vdi:
+      return "vdi";
   }
   return "?";
 }
@@ -107,7 +112,8 @@ process::Command command(std::string program, std::vector<std::string> args) {
 
 Result<Info> info(const std::string& path) {
   if (auto st = readable(path); !st) return st.error();
-  auto out = process::run(command("qemu-img", {"info", "--output=json", "-U", path}), kQuickTimeout);
+  auto out =
+      process::run(command("qemu-img", {"info", "--output=json", "-U", path}), kQuickTimeout);
   if (!out) return out.error();
   if (out->exit_code != 0)
     return Error(Exit::dataerr, "qemu-img cannot read " + path + ": " + last_line(out->err));
@@ -142,7 +148,8 @@ Result<CheckReport> check(const std::string& path) {
   // qemu-img check's exit codes: 0 clean, 1 check failed, 2 corrupt,
   // 3 leaked clusters only, 63 the format has no check.
   switch (out->exit_code) {
-    case 0: return report;
+    case 0:
+      return report;
     case 3: {
       const std::string& text = out->out;
       size_t at = text.find(" leaked clusters were found");
@@ -153,7 +160,9 @@ Result<CheckReport> check(const std::string& path) {
       }
       return report;
     }
-    case 63: report.supported = false; return report;
+    case 63:
+      report.supported = false;
+      return report;
     case 2:
       return Error(Exit::dataerr, "image " + path + " is corrupt: " +
                                       trimmed(out->out.empty() ? out->err : out->out));
@@ -183,8 +192,8 @@ Result<std::vector<Target>> plan_targets(const fs::path& output_directory,
   // The stem loses an image extension, never any other suffix: "web.v2"
   // + vmdk is "web.v2.vmdk".
   std::string stem = vm_name;
-  static const std::vector<std::string> known = {".qcow2", ".raw", ".img", ".vmdk", ".vhdx",
-                                                 ".vdi"};
+  static const std::vector<std::string> known = {".qcow2", ".raw",  ".img",
+                                                 ".vmdk",  ".vhdx", ".vdi"};
   for (const auto& ext : known)
     if (stem.size() > ext.size() && stem.compare(stem.size() - ext.size(), ext.size(), ext) == 0) {
       stem.resize(stem.size() - ext.size());
@@ -201,9 +210,8 @@ Result<std::vector<Target>> plan_targets(const fs::path& output_directory,
     for (const auto& other : targets)
       if (other.path == t.path)
         return Error(Exit::config, "the " + std::string(name(extra)) + " image and the " +
-                                       std::string(name(other.format)) +
-                                       " image would both be " + t.path.string() +
-                                       "; give vm_name another extension");
+                                       std::string(name(other.format)) + " image would both be " +
+                                       t.path.string() + "; give vm_name another extension");
     targets.push_back(std::move(t));
   }
   return targets;
@@ -247,8 +255,8 @@ Result<OutputDirectory> OutputDirectory::prepare(const fs::path& dir, bool force
                                      "holds the current directory");
     fs::remove_all(dir, ec);
     if (ec)
-      return Error(Exit::cantcreat, "cannot delete previous output directory '" +
-                                        dir.string() + "': " + ec.message());
+      return Error(Exit::cantcreat, "cannot delete previous output directory '" + dir.string() +
+                                        "': " + ec.message());
   }
   fs::create_directories(dir, ec);
   if (ec)
@@ -395,8 +403,8 @@ struct Worker {
   std::atomic<std::uint64_t> done{0};
   std::atomic<bool> finished{false};
   std::uint64_t total = 0;
-  Status status;        // read only after `finished`
-  std::string sha256;   // likewise
+  Status status;       // read only after `finished`
+  std::string sha256;  // likewise
 
   ~Worker() {
     if (thread.joinable()) thread.join();
@@ -511,8 +519,12 @@ class Run {
  public:
   Run(std::string qemu_img, const std::string& source, const Info& source_info,
       const ConvertOptions& options, std::vector<Job>& jobs)
-      : qemu_img_(std::move(qemu_img)), source_(source), source_info_(source_info),
-        options_(options), jobs_(jobs), guard_(boost::asio::make_work_guard(io_)) {
+      : qemu_img_(std::move(qemu_img)),
+        source_(source),
+        source_info_(source_info),
+        options_(options),
+        jobs_(jobs),
+        guard_(boost::asio::make_work_guard(io_)) {
     // Compressing (streamOptimized vmdk, qcow2 with -c) costs the most CPU;
     // a raw image's digest reads its whole virtual size.
     auto cost = [](const Target& t) {
@@ -563,30 +575,34 @@ class Run {
 };
 
 void Run::read_out(Job& job) {
-  job.out_pipe->async_read_some(
-      boost::asio::buffer(job.out_buf), [this, &job](const boost::system::error_code& ec, size_t n) {
-        if (n > 0) {
-          job.out_tail.append(job.out_buf.data(), n);
-          if (auto f = parse_progress(job.out_tail)) job.convert_fraction = *f;
-          if (job.out_tail.size() > 256) job.out_tail.erase(0, job.out_tail.size() - 64);
-        }
-        if (ec)
-          job.out_open = false;
-        else
-          read_out(job);
-      });
+  job.out_pipe->async_read_some(boost::asio::buffer(job.out_buf),
+                                [this, &job](const boost::system::error_code& ec, size_t n) {
+                                  if (n > 0) {
+                                    job.out_tail.append(job.out_buf.data(), n);
+                                    if (auto f = parse_progress(job.out_tail))
+                                      job.convert_fraction = *f;
+                                    if (job.out_tail.size() > 256)
+                                      job.out_tail.erase(0, job.out_tail.size() - 64);
+                                  }
+                                  if (ec)
+                                    job.out_open = false;
+                                  else
+                                    read_out(job);
+                                });
 }
 
 void Run::read_err(Job& job) {
-  job.err_pipe->async_read_some(
-      boost::asio::buffer(job.err_buf), [this, &job](const boost::system::error_code& ec, size_t n) {
-        // qemu-img's complaints are short; a bound keeps memory flat anyway.
-        if (n > 0 && job.err_text.size() < 65536) job.err_text.append(job.err_buf.data(), n);
-        if (ec)
-          job.err_open = false;
-        else
-          read_err(job);
-      });
+  job.err_pipe->async_read_some(boost::asio::buffer(job.err_buf),
+                                [this, &job](const boost::system::error_code& ec, size_t n) {
+                                  // qemu-img's complaints are short; a bound keeps memory flat
+                                  // anyway.
+                                  if (n > 0 && job.err_text.size() < 65536)
+                                    job.err_text.append(job.err_buf.data(), n);
+                                  if (ec)
+                                    job.err_open = false;
+                                  else
+                                    read_err(job);
+                                });
 }
 
 void Run::start(Job& job) {
@@ -604,10 +620,11 @@ void Run::start(Job& job) {
     return;
   }
 
-  std::vector<std::string> args = {"convert", "-p", "-f", source_info_.format, "-O",
-                                   std::string(name(job.target.format))};
+  std::vector<std::string> args = {"convert",           "-p", "-f",
+                                   source_info_.format, "-O", std::string(name(job.target.format))};
   if (job.target.compress) args.push_back("-c");
-  if (job.target.format == Format::vmdk) args.insert(args.end(), {"-o", "subformat=streamOptimized"});
+  if (job.target.format == Format::vmdk)
+    args.insert(args.end(), {"-o", "subformat=streamOptimized"});
   if (job.target.format == Format::vhdx) args.insert(args.end(), {"-o", "subformat=dynamic"});
   args.push_back(source_);
   args.push_back(job.staged.string());
@@ -622,8 +639,9 @@ void Run::start(Job& job) {
   std::error_code ec;
   std::string why;
   try {
-    job.child = bp::child(qemu_img_, bp::args(args), bp::std_out > *job.out_pipe,
-                          bp::std_err > *job.err_pipe, bp::std_in < bp::null, OwnProcessGroup{}, ec);
+    job.child =
+        bp::child(qemu_img_, bp::args(args), bp::std_out > *job.out_pipe,
+                  bp::std_err > *job.err_pipe, bp::std_in < bp::null, OwnProcessGroup{}, ec);
     if (ec) why = ec.message();
   } catch (const std::exception& e) {
     why = e.what();
@@ -724,8 +742,8 @@ Status Run::copy_ended(Job& job) {
   if (!backing.empty() && backing.is_relative()) {
     std::error_code ec;
     fs::path absolute = fs::absolute(fs::path(source_).parent_path() / backing, ec);
-    std::vector<std::string> args = {"rebase", "-u", "-f", source_info_.format, "-b",
-                                     absolute.lexically_normal().string()};
+    std::vector<std::string> args = {
+        "rebase", "-u", "-f", source_info_.format, "-b", absolute.lexically_normal().string()};
     if (!source_info_.backing_format.empty())
       args.insert(args.end(), {"-F", source_info_.backing_format});
     args.push_back(job.staged.string());
@@ -760,8 +778,10 @@ Status Run::step(Job& job) {
         return finalize(job);
       }
       return {};
-    case Job::State::failed: return Error(Exit::software, job.err_text);
-    default: return {};
+    case Job::State::failed:
+      return Error(Exit::software, job.err_text);
+    default:
+      return {};
   }
 }
 
@@ -782,7 +802,8 @@ double Run::overall() const {
 void Run::report(bool now) {
   for (auto& job : jobs_)
     if (job.worker && (job.state == Job::State::copying || job.state == Job::State::digesting)) {
-      double f = static_cast<double>(job.worker->done.load()) / static_cast<double>(job.worker->total);
+      double f =
+          static_cast<double>(job.worker->done.load()) / static_cast<double>(job.worker->total);
       f = std::clamp(f, 0.0, 1.0);
       (job.state == Job::State::copying ? job.convert_fraction : job.digest_fraction) = f;
     }
@@ -801,7 +822,8 @@ void Run::report(bool now) {
       case Job::State::digesting:
         options_.progress({job.index, Stage::digesting, job.digest_fraction, all});
         break;
-      default: break;
+      default:
+        break;
     }
   }
 }
@@ -878,8 +900,7 @@ void Run::stop_all() {
 
 }  // namespace
 
-Result<std::vector<Artifact>> convert(const std::string& source,
-                                      const std::vector<Target>& targets,
+Result<std::vector<Artifact>> convert(const std::string& source, const std::vector<Target>& targets,
                                       const ConvertOptions& options) {
   if (targets.empty()) return Error(Exit::config, "no images to write");
   std::set<fs::path> seen;
@@ -901,9 +922,9 @@ Result<std::vector<Artifact>> convert(const std::string& source,
   }
   for (const auto& t : targets)
     if (t.skip_compaction && !t.compress && source_info->format != name(t.format))
-      return Error(Exit::config, "skip_compaction copies the disk as it is, so " +
-                                     t.path.string() + " would be " + source_info->format +
-                                     ", not " + std::string(name(t.format)));
+      return Error(Exit::config, "skip_compaction copies the disk as it is, so " + t.path.string() +
+                                     " would be " + source_info->format + ", not " +
+                                     std::string(name(t.format)));
   auto qemu_img = process::find_program("qemu-img");
   if (!qemu_img) return qemu_img.error();
 
@@ -918,10 +939,9 @@ Result<std::vector<Artifact>> convert(const std::string& source,
     if (!slot) {
       std::error_code ec;
       if (!fs::is_directory(dir, ec))
-        return Error(Exit::cantcreat, "cannot write " + targets[i].path.string() + ": " +
-                                          dir.string() +
-                                          (fs::exists(dir, ec) ? " is not a folder"
-                                                               : ": no such folder"));
+        return Error(Exit::cantcreat,
+                     "cannot write " + targets[i].path.string() + ": " + dir.string() +
+                         (fs::exists(dir, ec) ? " is not a folder" : ": no such folder"));
       auto made = Staging::create(dir);
       if (!made) return made.error();
       slot = std::move(*made);

@@ -34,7 +34,7 @@ Result<Format> parse_format(std::string_view name);
 
 /// What `qemu-img info` says of an image.
 struct Info {
-  std::string format;            ///< qemu's name: qcow2, raw, vmdk, ...
+  std::string format;              ///< qemu's name: qcow2, raw, vmdk, ...
   std::uint64_t virtual_size = 0;  ///< the size the guest sees, bytes
   std::uint64_t actual_size = 0;   ///< bytes allocated on the host
   std::string backing_file;        ///< as recorded in the image; "" = none
@@ -50,7 +50,7 @@ Result<Info> info(const std::string& path);
 
 /// What `qemu-img check` found.
 struct CheckReport {
-  bool supported = true;  ///< false: the format has no consistency check
+  bool supported = true;              ///< false: the format has no consistency check
   std::uint64_t leaked_clusters = 0;  ///< wasted space, not damage
 };
 
@@ -130,10 +130,10 @@ class OutputDirectory {
 struct Artifact {
   std::filesystem::path path;
   Format format = Format::qcow2;
-  std::uint64_t size = 0;       ///< the file's length (st_size, what ls -l shows)
-  std::uint64_t allocated = 0;  ///< bytes it takes on disk (st_blocks * 512; less for holes)
+  std::uint64_t size = 0;          ///< the file's length (st_size, what ls -l shows)
+  std::uint64_t allocated = 0;     ///< bytes it takes on disk (st_blocks * 512; less for holes)
   std::uint64_t virtual_size = 0;  ///< the guest's disk size, from qemu-img info
-  std::string sha256;           ///< lowercase hex of the file; "" when not asked
+  std::string sha256;              ///< lowercase hex of the file; "" when not asked
 };
 
 enum class Stage { converting, digesting, done };
@@ -191,8 +191,7 @@ Result<std::vector<Artifact>> convert(const std::string& source, const std::vect
 /// (Exit::interrupted) when `stop` returns true between blocks;
 /// `done_bytes` hears how far it got. Errors: Exit::noinput (cannot open),
 /// Exit::ioerr (read failed).
-Result<std::string> file_sha256(const std::string& path,
-                                const std::function<bool()>& stop = {},
+Result<std::string> file_sha256(const std::string& path, const std::function<bool()>& stop = {},
                                 const std::function<void(std::uint64_t)>& done_bytes = {});
 
 }  // namespace kiln::disk_image

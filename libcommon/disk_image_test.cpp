@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE disk_image
-#include <boost/test/unit_test.hpp>
-
 #include "disk_image.hpp"
 
 #include <signal.h>
@@ -9,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -198,7 +197,8 @@ BOOST_AUTO_TEST_CASE(info_reads_the_header) {
   BOOST_REQUIRE(checked.ok());
   BOOST_TEST(checked->supported);
   // A qcow2 header whose L1 table points past the end: corrupt.
-  sh("cd " + q(tmp.path) + " && cp base.qcow2 broken.qcow2 && printf '\\377\\377\\377\\377' |"
+  sh("cd " + q(tmp.path) +
+     " && cp base.qcow2 broken.qcow2 && printf '\\377\\377\\377\\377' |"
      " dd of=broken.qcow2 bs=1 seek=40 conv=notrunc 2>/dev/null");
   auto broken = check((tmp.path / "broken.qcow2").string());
   BOOST_REQUIRE(!broken.ok());
@@ -263,7 +263,7 @@ BOOST_AUTO_TEST_CASE(converts_to_every_format) {
   }
   const Artifact& raw = (*made)[1];
   BOOST_TEST(raw.size == 64u << 20);
-  BOOST_TEST(raw.allocated < raw.size);  // holes kept
+  BOOST_TEST(raw.allocated < raw.size);   // holes kept
   BOOST_TEST(raw.allocated >= 7u << 20);  // 1 + 4 + 3 MiB of data, less 1 MiB zeroed
 
   // vmdk names its own file inside: the final name, not a temporary one.
@@ -311,8 +311,8 @@ BOOST_AUTO_TEST_CASE(compression_copy_and_bad_targets) {
   auto raw_c = convert(src.string(), {{tmp.path / "x.raw", Format::raw, true}}, one);
   BOOST_REQUIRE(!raw_c.ok());
   BOOST_TEST((raw_c.error().code == Exit::config));
-  auto twice = convert(src.string(),
-                       {{tmp.path / "x.raw", Format::raw}, {tmp.path / "./x.raw", Format::vdi}}, one);
+  auto twice = convert(
+      src.string(), {{tmp.path / "x.raw", Format::raw}, {tmp.path / "./x.raw", Format::vdi}}, one);
   BOOST_REQUIRE(!twice.ok());
   BOOST_TEST((twice.error().code == Exit::config));
   auto missing = convert((tmp.path / "none.qcow2").string(), {{tmp.path / "x.raw", Format::raw}});
@@ -325,9 +325,8 @@ BOOST_AUTO_TEST_CASE(unwritable_folder_is_cantcreat) {
   TempDir tmp;
   const fs::path src = make_source(tmp.path);
   std::ofstream(tmp.path / "file") << "x";
-  for (const fs::path& target :
-       {tmp.path / "file" / "a.qcow2", tmp.path / "nowhere" / "a.qcow2",
-        fs::path("/proc/a.qcow2")}) {
+  for (const fs::path& target : {tmp.path / "file" / "a.qcow2", tmp.path / "nowhere" / "a.qcow2",
+                                 fs::path("/proc/a.qcow2")}) {
     auto r = convert(src.string(), {{target, Format::qcow2}});
     BOOST_REQUIRE(!r.ok());
     BOOST_TEST((r.error().code == Exit::cantcreat), target << ": " << r.error().message);
@@ -422,7 +421,8 @@ BOOST_AUTO_TEST_CASE(waits_for_a_disk_still_locked) {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   const auto began = std::chrono::steady_clock::now();
   auto r = convert(src.string(), {{tmp.path / "after.raw", Format::raw}});
-  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  const double took =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
   holder.join();
   BOOST_REQUIRE_MESSAGE(r.ok(), why(r));
   BOOST_TEST(took > 0.4);  // waited for the lock

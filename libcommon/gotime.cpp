@@ -11,8 +11,7 @@ constexpr std::int64_t kSecondsPerDay = 86400;
 constexpr std::int64_t kNanosPerSecond = 1'000'000'000;
 
 constexpr std::array<std::string_view, 7> kLongDayNames = {
-    "Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
-    "Saturday"};
+    "Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"};
 constexpr std::array<std::string_view, 12> kLongMonthNames = {
     "January", "February", "March",     "April",   "May",      "June",
     "July",    "August",   "September", "October", "November", "December"};
@@ -42,9 +41,7 @@ struct Civil {
   std::int32_t nanos = 0;
 };
 
-bool is_leap(std::int64_t y) {
-  return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-}
+bool is_leap(std::int64_t y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
 
 Civil to_civil(std::int64_t unix_seconds, std::int32_t nanos) {
   // Normalise out-of-range nanoseconds into the seconds, as time.Unix does.
@@ -85,8 +82,8 @@ Civil to_civil(std::int64_t unix_seconds, std::int32_t nanos) {
   if (c.month <= 2) ++y;
   c.year = y;
 
-  static constexpr std::array<int, 12> kDaysBefore = {
-      0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334};
+  static constexpr std::array<int, 12> kDaysBefore = {0,   31,  59,  90,  120, 151,
+                                                      181, 212, 243, 273, 304, 334};
   c.yday = kDaysBefore[static_cast<std::size_t>(c.month - 1)] + c.day;
   if (c.month > 2 && is_leap(c.year)) ++c.yday;
   return c;
@@ -112,30 +109,30 @@ void append_int(std::string& out, std::int64_t x, int width) {
 // Layout elements, in the order Go's nextStdChunk recognises them.
 enum class Std {
   kNone,
-  kLongMonth,      // January
-  kMonth,          // Jan
-  kNumMonth,       // 1
-  kZeroMonth,      // 01
-  kLongWeekDay,    // Monday
-  kWeekDay,        // Mon
-  kDay,            // 2
-  kUnderDay,       // _2
-  kZeroDay,        // 02
-  kUnderYearDay,   // __2
-  kZeroYearDay,    // 002
-  kHour,           // 15
-  kHour12,         // 3
-  kZeroHour12,     // 03
-  kMinute,         // 4
-  kZeroMinute,     // 04
-  kSecond,         // 5
-  kZeroSecond,     // 05
-  kLongYear,       // 2006
-  kYear,           // 06
-  kPM,             // PM
-  kpm,             // pm
-  kTZ,             // MST
-  kISO8601TZ,      // Z0700
+  kLongMonth,              // January
+  kMonth,                  // Jan
+  kNumMonth,               // 1
+  kZeroMonth,              // 01
+  kLongWeekDay,            // Monday
+  kWeekDay,                // Mon
+  kDay,                    // 2
+  kUnderDay,               // _2
+  kZeroDay,                // 02
+  kUnderYearDay,           // __2
+  kZeroYearDay,            // 002
+  kHour,                   // 15
+  kHour12,                 // 3
+  kZeroHour12,             // 03
+  kMinute,                 // 4
+  kZeroMinute,             // 04
+  kSecond,                 // 5
+  kZeroSecond,             // 05
+  kLongYear,               // 2006
+  kYear,                   // 06
+  kPM,                     // PM
+  kpm,                     // pm
+  kTZ,                     // MST
+  kISO8601TZ,              // Z0700
   kISO8601SecondsTZ,       // Z070000
   kISO8601ShortTZ,         // Z07
   kISO8601ColonTZ,         // Z07:00
@@ -153,13 +150,11 @@ struct Chunk {
   std::string_view prefix;
   Std std = Std::kNone;
   std::string_view suffix;
-  int frac_digits = 0;    // for the fractional-second elements
+  int frac_digits = 0;  // for the fractional-second elements
   char frac_sep = '.';
 };
 
-bool starts_with_lower(std::string_view s) {
-  return !s.empty() && s[0] >= 'a' && s[0] <= 'z';
-}
+bool starts_with_lower(std::string_view s) { return !s.empty() && s[0] >= 'a' && s[0] <= 'z'; }
 
 bool is_digit_at(std::string_view s, std::size_t i) {
   return i < s.size() && s[i] >= '0' && s[i] <= '9';
@@ -199,11 +194,10 @@ Chunk next_std_chunk(std::string_view layout) {
         break;
       case '0':
         if (i + 2 <= n && layout[i + 1] >= '1' && layout[i + 1] <= '6') {
-          static constexpr std::array<Std, 6> kStd0x = {
-              Std::kZeroMonth,  Std::kZeroDay,    Std::kZeroHour12,
-              Std::kZeroMinute, Std::kZeroSecond, Std::kYear};
-          return make(i, kStd0x[static_cast<std::size_t>(layout[i + 1] - '1')],
-                      2);
+          static constexpr std::array<Std, 6> kStd0x = {Std::kZeroMonth,  Std::kZeroDay,
+                                                        Std::kZeroHour12, Std::kZeroMinute,
+                                                        Std::kZeroSecond, Std::kYear};
+          return make(i, kStd0x[static_cast<std::size_t>(layout[i + 1] - '1')], 2);
         }
         if (at(i, "002")) return make(i, Std::kZeroYearDay, 3);
         break;
@@ -217,8 +211,7 @@ Chunk next_std_chunk(std::string_view layout) {
         if (i + 1 < n && layout[i + 1] == '2') {
           // "_2006" is a literal underscore followed by the long year.
           if (at(i + 1, "2006")) {
-            return Chunk{layout.substr(0, i + 1), Std::kLongYear,
-                         layout.substr(i + 5)};
+            return Chunk{layout.substr(0, i + 1), Std::kLongYear, layout.substr(i + 5)};
           }
           return make(i, Std::kUnderDay, 2);
         }
@@ -260,8 +253,7 @@ Chunk next_std_chunk(std::string_view layout) {
           while (j < n && layout[j] == ch) ++j;
           // Only a run that ends the digits is a fractional second.
           if (!is_digit_at(layout, j)) {
-            Chunk c{layout.substr(0, i),
-                    ch == '9' ? Std::kFracSecond9 : Std::kFracSecond0,
+            Chunk c{layout.substr(0, i), ch == '9' ? Std::kFracSecond9 : Std::kFracSecond0,
                     layout.substr(j)};
             // Go packs the count into 12 bits; mimic its wrap-around.
             c.frac_digits = static_cast<int>((j - (i + 1)) & 0xfff);
@@ -298,8 +290,7 @@ int hour12(int hour) {
 
 }  // namespace
 
-std::string format(std::int64_t unix_seconds, std::int32_t nanos,
-                   std::string_view layout) {
+std::string format(std::int64_t unix_seconds, std::int32_t nanos, std::string_view layout) {
   const Civil t = to_civil(unix_seconds, nanos);
   std::string out;
   out.reserve(layout.size() + 10);
@@ -318,8 +309,7 @@ std::string format(std::int64_t unix_seconds, std::int32_t nanos,
         append_int(out, t.year, 4);
         break;
       case Std::kMonth:
-        out.append(kLongMonthNames[static_cast<std::size_t>(t.month - 1)]
-                       .substr(0, 3));
+        out.append(kLongMonthNames[static_cast<std::size_t>(t.month - 1)].substr(0, 3));
         break;
       case Std::kLongMonth:
         out.append(kLongMonthNames[static_cast<std::size_t>(t.month - 1)]);
@@ -331,8 +321,7 @@ std::string format(std::int64_t unix_seconds, std::int32_t nanos,
         append_int(out, t.month, 2);
         break;
       case Std::kWeekDay:
-        out.append(
-            kLongDayNames[static_cast<std::size_t>(t.weekday)].substr(0, 3));
+        out.append(kLongDayNames[static_cast<std::size_t>(t.weekday)].substr(0, 3));
         break;
       case Std::kLongWeekDay:
         out.append(kLongDayNames[static_cast<std::size_t>(t.weekday)]);
@@ -426,23 +415,40 @@ std::string strftime(std::int64_t unix_seconds, std::string_view format_text) {
   // with time.Format; unknown conversions are copied with their '%'.
   auto layout_for = [](char c) -> std::string_view {
     switch (c) {
-      case 'B': return "January";
-      case 'b': return "Jan";
-      case 'm': return "01";
-      case 'A': return "Monday";
-      case 'a': return "Mon";
-      case 'd': return "02";
-      case 'H': return "15";
-      case 'I': return "03";
-      case 'M': return "04";
-      case 'S': return "05";
-      case 'Y': return "2006";
-      case 'y': return "06";
-      case 'p': return "PM";
-      case 'Z': return "MST";
-      case 'z': return "-0700";
-      case 'L': return ".000";
-      default: return {};
+      case 'B':
+        return "January";
+      case 'b':
+        return "Jan";
+      case 'm':
+        return "01";
+      case 'A':
+        return "Monday";
+      case 'a':
+        return "Mon";
+      case 'd':
+        return "02";
+      case 'H':
+        return "15";
+      case 'I':
+        return "03";
+      case 'M':
+        return "04";
+      case 'S':
+        return "05";
+      case 'Y':
+        return "2006";
+      case 'y':
+        return "06";
+      case 'p':
+        return "PM";
+      case 'Z':
+        return "MST";
+      case 'z':
+        return "-0700";
+      case 'L':
+        return ".000";
+      default:
+        return {};
     }
   };
   std::string out;
@@ -552,8 +558,7 @@ bool parse_duration(std::string_view text, double& seconds) {
     v *= unit;
     if (f > 0) {
       // Go uses float64 here too, to stay nanosecond-exact for hours.
-      v += static_cast<std::uint64_t>(static_cast<double>(f) *
-                                      (static_cast<double>(unit) / scale));
+      v += static_cast<std::uint64_t>(static_cast<double>(f) * (static_cast<double>(unit) / scale));
       if (v > kLimit) return false;
     }
     total += v;

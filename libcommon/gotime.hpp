@@ -13,8 +13,7 @@ namespace kiln::gotime {
 /// for a UTC time: every Go layout element is supported (Jan, January, 01,
 /// 1, Mon, Monday, 2, _2, 02, __2, 002, 15, 3, 03, 4, 04, 5, 05, 2006, 06,
 /// PM, pm, MST, Z07:00, -07:00, Z0700, -0700, Z07, -07, .000, .999, ,000...).
-std::string format(std::int64_t unix_seconds, std::int32_t nanos,
-                   std::string_view layout);
+std::string format(std::int64_t unix_seconds, std::int32_t nanos, std::string_view layout);
 
 /// Formats like C strftime with the conversions of
 /// github.com/jehiah/go-strftime (what Packer's {{strftime}} uses), in UTC.

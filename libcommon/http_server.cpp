@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: MIT
 #include "http_server.hpp"
-#include "fd.hpp"
-#include "text.hpp"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -27,6 +25,9 @@
 #include <string_view>
 #include <system_error>
 #include <vector>
+
+#include "fd.hpp"
+#include "text.hpp"
 
 namespace kiln {
 
@@ -423,9 +424,9 @@ class Loop {
       // listing.
       if (!trailing_slash) {
         std::string loc = url_escape(base) + "/";
-        return text_response(c, 301, "Location: " + loc + "\r\n", "text/html; charset=utf-8",
-                             "<a href=\"" + text::html_escape(loc) + "\">Moved Permanently</a>.\n\n",
-                             head_only);
+        return text_response(
+            c, 301, "Location: " + loc + "\r\n", "text/html; charset=utf-8",
+            "<a href=\"" + text::html_escape(loc) + "\">Moved Permanently</a>.\n\n", head_only);
       }
       std::string index = fs_path + "/index.html";
       UniqueFd ifd(::open(index.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
@@ -479,7 +480,8 @@ class Loop {
     std::sort(names.begin(), names.end());
     std::string body = "<pre>\n";
     for (const auto& n : names)
-      body += "<a href=\"" + text::html_escape(url_escape(n)) + "\">" + text::html_escape(n) + "</a>\n";
+      body +=
+          "<a href=\"" + text::html_escape(url_escape(n)) + "\">" + text::html_escape(n) + "</a>\n";
     body += "</pre>\n";
     text_response(c, 200, "", "text/html; charset=utf-8", body, head_only);
   }

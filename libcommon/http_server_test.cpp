@@ -11,14 +11,13 @@
 
 #include <atomic>
 #include <boost/test/unit_test.hpp>
-
-#include "test_support.hpp"
 #include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <sstream>
 
 #include "process.hpp"
+#include "test_support.hpp"
 
 using namespace kiln;
 using namespace std::chrono_literals;

@@ -12,17 +12,15 @@
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 #include <boost/test/unit_test.hpp>
-
-#include "test_support.hpp"
-
-#include <cstdlib>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
 #include "process.hpp"
+#include "test_support.hpp"
 
 using namespace kiln;
 using namespace std::chrono_literals;

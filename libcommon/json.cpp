@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: MIT
 #include "json.hpp"
 
-#include <algorithm>
-#include <set>
-
 #include <rapidjson/error/en.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <set>
 
 namespace kiln::json {
 
@@ -110,8 +110,7 @@ struct CountingStream {
 /// its JSON pointer and where it starts, and noticing duplicate keys.
 class Tracker {
  public:
-  Tracker(Document& doc, const CountingStream& in, SourceMap& map,
-          Errors& duplicates)
+  Tracker(Document& doc, const CountingStream& in, SourceMap& map, Errors& duplicates)
       : doc_(doc), in_(in), map_(map), duplicates_(duplicates) {}
 
   bool Null() { return scalar(doc_.Null()); }
@@ -140,8 +139,7 @@ class Tracker {
     size_t start = string_start(in_.Tell());
     std::string ptr = child(f.pointer, f.key);
     if (!f.keys.insert(f.key).second) {
-      Error e(Exit::dataerr, "duplicate key \"" + f.key + "\"",
-              map_.at_offset(start));
+      Error e(Exit::dataerr, "duplicate key \"" + f.key + "\"", map_.at_offset(start));
       e.where.pointer = ptr;
       duplicates_.push_back(std::move(e));
     } else {
@@ -204,8 +202,8 @@ class Tracker {
     size_t end = in_.Tell();
     size_t start = end;
     const std::string_view s = in_.s_;
-    while (start > 0 && std::string_view("+-.0123456789eEtruefalsn")
-                                .find(s[start - 1]) != std::string_view::npos)
+    while (start > 0 && std::string_view("+-.0123456789eEtruefalsn").find(s[start - 1]) !=
+                            std::string_view::npos)
       --start;
     place(start);
     return ok;
@@ -264,8 +262,8 @@ std::string quote_line(const SourceMap& map, const Location& where) {
   return out;
 }
 
-Status parse(std::string_view text, const std::string& name, Document& doc,
-             SourceMap& map, Errors& duplicates) {
+Status parse(std::string_view text, const std::string& name, Document& doc, SourceMap& map,
+             Errors& duplicates) {
   map = SourceMap(name, std::string(text));
   CountingStream in(map.text());
   rapidjson::Reader reader;
@@ -295,8 +293,7 @@ Status parse(std::string_view text, const std::string& name, Document& doc,
 Status parse(std::string_view text, Document& doc) {
   doc.Parse<kParseFlags>(text.data(), text.size());
   if (doc.HasParseError()) {
-    std::string msg = "invalid JSON at byte " +
-                      std::to_string(doc.GetErrorOffset()) + ": " +
+    std::string msg = "invalid JSON at byte " + std::to_string(doc.GetErrorOffset()) + ": " +
                       rapidjson::GetParseError_En(doc.GetParseError());
     doc.SetNull();
     return Error(Exit::dataerr, msg);
@@ -358,13 +355,19 @@ std::vector<std::string> strings_of(const Value& obj, const char* key) {
 
 const char* type_name(const Value& v) {
   switch (v.GetType()) {
-    case rapidjson::kNullType: return "null";
+    case rapidjson::kNullType:
+      return "null";
     case rapidjson::kFalseType:
-    case rapidjson::kTrueType: return "boolean";
-    case rapidjson::kObjectType: return "object";
-    case rapidjson::kArrayType: return "array";
-    case rapidjson::kStringType: return "string";
-    case rapidjson::kNumberType: return v.IsDouble() ? "number" : "integer";
+    case rapidjson::kTrueType:
+      return "boolean";
+    case rapidjson::kObjectType:
+      return "object";
+    case rapidjson::kArrayType:
+      return "array";
+    case rapidjson::kStringType:
+      return "string";
+    case rapidjson::kNumberType:
+      return v.IsDouble() ? "number" : "integer";
   }
   return "value";
 }

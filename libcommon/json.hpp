@@ -3,13 +3,13 @@
 /// JSON text in and out with RapidJSON, keeping where every value came from
 /// so that errors can name the file, line and column of a key.
 
+#include <rapidjson/document.h>
+
 #include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
-
-#include <rapidjson/document.h>
 
 #include "result.hpp"
 
@@ -52,8 +52,8 @@ class SourceMap {
 /// in `map`. A syntax error is returned (Exit::dataerr) with its location
 /// and a message that quotes the line with a caret under the column.
 /// Duplicate keys are not fatal: each one is appended to `duplicates`.
-Status parse(std::string_view text, const std::string& name, Document& doc,
-             SourceMap& map, Errors& duplicates);
+Status parse(std::string_view text, const std::string& name, Document& doc, SourceMap& map,
+             Errors& duplicates);
 
 /// Parses one JSON text without positions (records, small files). Syntax
 /// errors carry the byte offset in the message.

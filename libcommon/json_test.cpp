@@ -1,7 +1,7 @@
 #define BOOST_TEST_MODULE json
-#include <boost/test/unit_test.hpp>
-
 #include "json.hpp"
+
+#include <boost/test/unit_test.hpp>
 
 using namespace kiln;
 

@@ -206,9 +206,10 @@ int supervise(Plan& plan, int report) {
                               qemu::quoted(plan.qemu_binary, *args) + "\n");
   std::error_code ec;
   std::string log = (plan.run_dir / "qemu.log").string();
-  bp::child qemu(plan.qemu_binary, bp::args(*args), bp::std_in < bp::null,
-                 bp::std_out > log, bp::std_err > log, ec);
-  if (ec) return fail(Error(Exit::unavailable, "cannot start " + plan.qemu_binary + ": " + ec.message()));
+  bp::child qemu(plan.qemu_binary, bp::args(*args), bp::std_in<bp::null, bp::std_out> log,
+                 bp::std_err > log, ec);
+  if (ec)
+    return fail(Error(Exit::unavailable, "cannot start " + plan.qemu_binary + ": " + ec.message()));
   (void)write_file_atomically(plan.run_dir / "qemu.pid", std::to_string(qemu.id()) + "\n");
   say("ok " + std::to_string(qemu.id()) + " " + std::to_string(plan.inputs.http_port));
 
@@ -321,8 +322,9 @@ Result<std::string> verify_iso(const Value& b) {
     bool remote = std::any_of(urls.begin(), urls.end(),
                               [](const std::string& u) { return local_path(u).empty(); });
     return Error(remote ? Exit::config : Exit::noinput,
-                 remote ? "downloading " + text::join(urls, ", ") + " is not supported by kiln yet; "
-                          "give a local path or file:// URL"
+                 remote ? "downloading " + text::join(urls, ", ") +
+                              " is not supported by kiln yet; "
+                              "give a local path or file:// URL"
                         : "no file at " + text::join(urls, ", "));
   }
   std::string sum = string_or(b, "iso_checksum", "none");
@@ -357,7 +359,8 @@ Status launch(rapidjson::Document& record, const Options& options) {
   cred.password = string_or(b, "ssh_password");
   cred.agent = bool_or(b, "ssh_agent_auth");
   const std::string user = string_or(b, "ssh_username");
-  const auto ssh_timeout = std::chrono::milliseconds(static_cast<long>(number_or(b, "ssh_timeout", 300) * 1000));
+  const auto ssh_timeout =
+      std::chrono::milliseconds(static_cast<long>(number_or(b, "ssh_timeout", 300) * 1000));
 
   Value machine(rapidjson::kObjectType);
   auto put = [&](Value& obj, const char* key, const std::string& v) {
@@ -427,15 +430,17 @@ Status launch(rapidjson::Document& record, const Options& options) {
     base = fs::absolute(*iso).string();
     auto info = image_info(base);
     if (!info) return info.error();
-    std::vector<std::string> args = {"create", "-q", "-f", "qcow2", "-F", info->format, "-b", base,
-                                     disk.string()};
-    if (want > info->virtual_size && !bool_or(b, "skip_resize_disk")) args.push_back(std::to_string(want));
+    std::vector<std::string> args = {"create",     "-q", "-f", "qcow2",      "-F",
+                                     info->format, "-b", base, disk.string()};
+    if (want > info->virtual_size && !bool_or(b, "skip_resize_disk"))
+      args.push_back(std::to_string(want));
     if (auto st = qemu_img(args); !st) return st;
   } else {
     auto iso = verify_iso(b);
     if (!iso) return iso.error();
     plan.inputs.install_iso = fs::absolute(*iso).string();
-    if (auto st = qemu_img({"create", "-q", "-f", "qcow2", disk.string(), std::to_string(want)}); !st)
+    if (auto st = qemu_img({"create", "-q", "-f", "qcow2", disk.string(), std::to_string(want)});
+        !st)
       return st;
   }
 
@@ -457,7 +462,8 @@ Status launch(rapidjson::Document& record, const Options& options) {
   for (const std::string& f : strings_of(b, "cd_files")) cd.push_back(IsoEntry::host(f));
   if (auto c = b.FindMember("cd_content"); c != b.MemberEnd() && c->value.IsObject())
     for (auto m = c->value.MemberBegin(); m != c->value.MemberEnd(); ++m)
-      if (m->value.IsString()) cd.push_back(IsoEntry::text(m->name.GetString(), m->value.GetString()));
+      if (m->value.IsString())
+        cd.push_back(IsoEntry::text(m->name.GetString(), m->value.GetString()));
   if (!cd.empty()) {
     fs::path iso = plan.run_dir / "cd.iso";
     if (auto st = write_iso(iso.string(), string_or(b, "cd_label"), cd); !st) return st;
@@ -506,9 +512,10 @@ Status launch(rapidjson::Document& record, const Options& options) {
       return Error(Exit::unavailable, "the guest panicked before it was ready: " + panic +
                                           "\nserial console (last lines):\n" + tail(serial));
     if (!machine::process_alive(qemu_pid, plan.run_dir.string()))
-      return Error(Exit::unavailable, "qemu exited before the guest was ready; serial console "
-                                      "(last lines):\n" + tail(serial) + "\nqemu said:\n" +
-                                          tail(plan.run_dir / "qemu.log", 5));
+      return Error(Exit::unavailable,
+                   "qemu exited before the guest was ready; serial console "
+                   "(last lines):\n" +
+                       tail(serial) + "\nqemu said:\n" + tail(plan.run_dir / "qemu.log", 5));
     return {};
   };
 
@@ -516,7 +523,8 @@ Status launch(rapidjson::Document& record, const Options& options) {
   double boot_wait = number_or(b, "boot_wait", 10);
   if (!boot.empty()) {
     progress("waiting " + std::to_string(static_cast<int>(boot_wait)) + " s (boot_wait)");
-    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long>(boot_wait * 1000));
+    auto until = std::chrono::steady_clock::now() +
+                 std::chrono::milliseconds(static_cast<long>(boot_wait * 1000));
     while (std::chrono::steady_clock::now() < until) {
       if (auto st = check_alive(); !st) return st;
       signals::sleep_for(100ms);
@@ -538,7 +546,8 @@ Status launch(rapidjson::Document& record, const Options& options) {
     auto qmp = Qmp::connect(plan.inputs.qmp_socket, 10s);
     if (!qmp) return qmp.error();
     progress("typing the boot command");
-    auto interval = std::chrono::milliseconds(static_cast<long>(number_or(b, "boot_key_interval", 0.1) * 1000));
+    auto interval =
+        std::chrono::milliseconds(static_cast<long>(number_or(b, "boot_key_interval", 0.1) * 1000));
     if (interval.count() <= 0) interval = 100ms;
     if (auto st = boot_command::type(*qmp, *steps, interval, check_alive); !st) return st;
   }
@@ -591,8 +600,8 @@ Status launch(rapidjson::Document& record, const Options& options) {
   machine.AddMember("expires", static_cast<int64_t>(plan.expires), a);
   machine.AddMember("communicator", comm, a);
   // machine.json lets --list and --stop find it without the record.
-  if (auto st = write_file_atomically(plan.run_dir / "machine.json", json::to_string(machine) + "\n",
-                                      0600);
+  if (auto st = write_file_atomically(plan.run_dir / "machine.json",
+                                      json::to_string(machine) + "\n", 0600);
       !st)
     return st;
   record.AddMember("machine", machine, a);

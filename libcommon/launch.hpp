@@ -6,12 +6,12 @@
 /// vm-launch), the boot command, and the wait until the communicator
 /// answers. Adds the record's "machine" section.
 
+#include <rapidjson/document.h>
+
 #include <chrono>
 #include <functional>
 #include <string>
 #include <string_view>
-
-#include <rapidjson/document.h>
 
 #include "result.hpp"
 

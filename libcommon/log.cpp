@@ -1,22 +1,20 @@
 // SPDX-License-Identifier: MIT
 #include "log.hpp"
 
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
 #include <algorithm>
 #include <chrono>
 #include <ctime>
 
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
-
 namespace kiln::log {
 
-std::string redact(std::string_view text,
-                   const std::vector<std::string>& secrets) {
+std::string redact(std::string_view text, const std::vector<std::string>& secrets) {
   std::vector<const std::string*> order;
   for (const std::string& s : secrets)
     if (!s.empty()) order.push_back(&s);
-  std::sort(order.begin(), order.end(),
-            [](auto* a, auto* b) { return a->size() > b->size(); });
+  std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->size() > b->size(); });
   std::string out(text);
   for (const std::string* s : order) {
     size_t pos = 0;
@@ -36,9 +34,8 @@ std::string now_iso8601() {
   std::tm tm{};
   gmtime_r(&t, &tm);
   char buf[96];  // room for any int the compiler imagines in each field
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-                tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
   return buf;
 }
 
@@ -56,8 +53,7 @@ std::string describe(const Error& e) {
   return out;
 }
 
-Logger::Logger(std::string tool, Format format, int verbosity, bool color,
-               std::FILE* out)
+Logger::Logger(std::string tool, Format format, int verbosity, bool color, std::FILE* out)
     : tool_(std::move(tool)),
       format_(format),
       verbosity_(verbosity),
@@ -72,9 +68,7 @@ void Logger::add_secret(std::string value) {
     secrets_.push_back(std::move(value));
 }
 
-std::string Logger::redact(std::string_view text) const {
-  return log::redact(text, secrets_);
-}
+std::string Logger::redact(std::string_view text) const { return log::redact(text, secrets_); }
 
 bool Logger::enabled(Level level) const {
   int threshold = verbosity_ < 0 ? 0 : 2 + verbosity_;
@@ -85,20 +79,28 @@ namespace {
 
 const char* level_name(Level l) {
   switch (l) {
-    case Level::error: return "error";
-    case Level::warning: return "warning";
-    case Level::info: return "info";
-    case Level::debug: return "debug";
-    case Level::trace: return "trace";
+    case Level::error:
+      return "error";
+    case Level::warning:
+      return "warning";
+    case Level::info:
+      return "info";
+    case Level::debug:
+      return "debug";
+    case Level::trace:
+      return "trace";
   }
   return "info";
 }
 
 const char* level_color(Level l) {
   switch (l) {
-    case Level::error: return "\033[1;31m";
-    case Level::warning: return "\033[1;33m";
-    default: return "\033[2m";
+    case Level::error:
+      return "\033[1;31m";
+    case Level::warning:
+      return "\033[1;33m";
+    default:
+      return "\033[2m";
   }
 }
 

@@ -31,8 +31,8 @@ class Logger {
  public:
   /// `verbosity`: -1 = quiet (errors only), 0 = default (up to info),
   /// 1 = debug, 2+ = trace. `color` is honoured only for human format.
-  Logger(std::string tool, Format format = Format::human, int verbosity = 0,
-         bool color = false, std::FILE* out = stderr);
+  Logger(std::string tool, Format format = Format::human, int verbosity = 0, bool color = false,
+         std::FILE* out = stderr);
 
   /// Every later line is prefixed with this build's name ("" for none).
   void set_build(std::string name);

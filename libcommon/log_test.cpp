@@ -1,11 +1,11 @@
 #define BOOST_TEST_MODULE log
-#include <boost/test/unit_test.hpp>
+#include "log.hpp"
 
+#include <boost/test/unit_test.hpp>
 #include <cstdio>
 #include <string>
 
 #include "json.hpp"
-#include "log.hpp"
 
 using namespace kiln;
 
@@ -33,20 +33,24 @@ BOOST_AUTO_TEST_CASE(redacts_longest_secret_first) {
 }
 
 BOOST_AUTO_TEST_CASE(human_lines_have_tool_level_and_build) {
-  auto out = capture([](log::Logger& l) {
-    l.set_build("web");
-    l.add_secret("hunter2");
-    l.error("login with hunter2 failed");
-  }, log::Format::human);
+  auto out = capture(
+      [](log::Logger& l) {
+        l.set_build("web");
+        l.add_secret("hunter2");
+        l.error("login with hunter2 failed");
+      },
+      log::Format::human);
   BOOST_TEST(out == "prov: error: build 'web': login with <sensitive> failed\n");
 }
 
 BOOST_AUTO_TEST_CASE(json_events_are_one_object_per_line) {
-  auto out = capture([](log::Logger& l) {
-    l.add_secret("s3cret");
-    l.warning("w", {{"key", "s3cret"}});
-    l.info("i");
-  }, log::Format::json);
+  auto out = capture(
+      [](log::Logger& l) {
+        l.add_secret("s3cret");
+        l.warning("w", {{"key", "s3cret"}});
+        l.info("i");
+      },
+      log::Format::json);
   auto nl = out.find('\n');
   BOOST_REQUIRE(nl != std::string::npos);
   json::Document d;
@@ -59,8 +63,13 @@ BOOST_AUTO_TEST_CASE(json_events_are_one_object_per_line) {
 }
 
 BOOST_AUTO_TEST_CASE(quiet_and_verbose) {
-  auto quiet = capture([](log::Logger& l) { l.info("i"); l.warning("w"); l.error("e"); },
-                       log::Format::human, -1);
+  auto quiet = capture(
+      [](log::Logger& l) {
+        l.info("i");
+        l.warning("w");
+        l.error("e");
+      },
+      log::Format::human, -1);
   BOOST_TEST(quiet == "prov: error: e\n");
   auto normal = capture([](log::Logger& l) { l.debug("d"); }, log::Format::human, 0);
   BOOST_TEST(normal.empty());

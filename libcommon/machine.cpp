@@ -148,8 +148,8 @@ Result<Hold> Hold::take(const std::string& run_dir) {
   std::error_code ec;
   if (!fs::is_directory(run_dir, ec))
     return Error(Exit::noinput, "the machine's run directory " + run_dir + " is gone");
-  if (auto st = write_file_atomically(fs::path(run_dir) / "held-by",
-                                      std::to_string(::getpid()) + "\n");
+  if (auto st =
+          write_file_atomically(fs::path(run_dir) / "held-by", std::to_string(::getpid()) + "\n");
       !st)
     return Error(Exit::cantcreat, st.error().message);
   return Hold(run_dir);
@@ -195,7 +195,8 @@ std::vector<Live> list() {
     }
     if (auto m = describe(e.path())) out.push_back(*m);
   }
-  std::sort(out.begin(), out.end(), [](const Live& a, const Live& b) { return a.started < b.started; });
+  std::sort(out.begin(), out.end(),
+            [](const Live& a, const Live& b) { return a.started < b.started; });
   return out;
 }
 

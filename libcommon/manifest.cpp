@@ -2,6 +2,7 @@
 #include "manifest.hpp"
 
 #include <fcntl.h>
+#include <rapidjson/error/en.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,8 +11,6 @@
 #include <cstring>
 
 #include "atomic_file.hpp"
-#include <rapidjson/error/en.h>
-
 #include "json.hpp"
 #include "signals.hpp"
 #include "text.hpp"
@@ -31,8 +30,7 @@ void put_string(std::string& out, std::string_view s) {
   while (i < s.size()) {
     const auto b = static_cast<unsigned char>(s[i]);
     if (b < 0x80) {
-      if (b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' &&
-          b != '&') {
+      if (b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&') {
         out += static_cast<char>(b);
       } else if (b == '"' || b == '\\') {
         out += '\\';
@@ -69,8 +67,7 @@ void put_string(std::string& out, std::string_view s) {
       if (b == 0xF4) hi = 0x8F;
     }
     bool valid = size > 0 && at(1) >= lo && at(1) <= hi;
-    for (size_t k = 2; valid && k < size; ++k)
-      valid = at(k) >= 0x80 && at(k) <= 0xBF;
+    for (size_t k = 2; valid && k < size; ++k) valid = at(k) >= 0x80 && at(k) <= 0xBF;
     if (!valid) {
       out += "\\ufffd";
       ++i;
@@ -159,11 +156,11 @@ void put_build(std::string& out, const Build& b, int depth) {
 // field whose name matches exactly or else ignoring ASCII case; later
 // members win; unknown members are dropped.
 template <class F>
-Status each_field(const json::Value& obj, const char* where,
-                  const std::vector<const char*>& fields, F&& assign) {
+Status each_field(const json::Value& obj, const char* where, const std::vector<const char*>& fields,
+                  F&& assign) {
   if (!obj.IsObject())
-    return Error(Exit::dataerr, std::string("cannot unmarshal ") +
-                                    json::type_name(obj) + " into " + where);
+    return Error(Exit::dataerr,
+                 std::string("cannot unmarshal ") + json::type_name(obj) + " into " + where);
   for (auto m = obj.MemberBegin(); m != obj.MemberEnd(); ++m) {
     std::string_view key(m->name.GetString(), m->name.GetStringLength());
     const char* field = nullptr;
@@ -181,10 +178,8 @@ Status each_field(const json::Value& obj, const char* where,
 Status get_string(const json::Value& v, std::string& out, std::string_view field) {
   if (v.IsNull()) return {};
   if (!v.IsString())
-    return Error(Exit::dataerr, "cannot unmarshal " +
-                                    std::string(json::type_name(v)) +
-                                    " into field " + std::string(field) +
-                                    " of type string");
+    return Error(Exit::dataerr, "cannot unmarshal " + std::string(json::type_name(v)) +
+                                    " into field " + std::string(field) + " of type string");
   out.assign(v.GetString(), v.GetStringLength());
   return {};
 }
@@ -192,10 +187,8 @@ Status get_string(const json::Value& v, std::string& out, std::string_view field
 Status get_int(const json::Value& v, std::int64_t& out, std::string_view field) {
   if (v.IsNull()) return {};
   if (!v.IsInt64())
-    return Error(Exit::dataerr, "cannot unmarshal " +
-                                    std::string(json::type_name(v)) +
-                                    " into field " + std::string(field) +
-                                    " of type int64");
+    return Error(Exit::dataerr, "cannot unmarshal " + std::string(json::type_name(v)) +
+                                    " into field " + std::string(field) + " of type int64");
   out = v.GetInt64();
   return {};
 }
@@ -204,8 +197,9 @@ Result<Build> parse_build(const json::Value& v) {
   Build b;
   if (v.IsNull()) return b;
   auto st = each_field(
-      v, "a build", {"name", "builder_type", "build_time", "files",
-                     "artifact_id", "packer_run_uuid", "custom_data"},
+      v, "a build",
+      {"name", "builder_type", "build_time", "files", "artifact_id", "packer_run_uuid",
+       "custom_data"},
       [&](std::string_view f, const json::Value& x) -> Status {
         if (f == "name") return get_string(x, b.name, f);
         if (f == "builder_type") return get_string(x, b.builder_type, f);
@@ -218,19 +212,17 @@ Result<Build> parse_build(const json::Value& v) {
             return {};
           }
           if (!x.IsArray())
-            return Error(Exit::dataerr, "cannot unmarshal " +
-                                            std::string(json::type_name(x)) +
+            return Error(Exit::dataerr, "cannot unmarshal " + std::string(json::type_name(x)) +
                                             " into field files");
           b.files.emplace();
           for (const auto& e : x.GetArray()) {
             File file;
             if (!e.IsNull()) {
-              auto fst = each_field(
-                  e, "a file", {"name", "size"},
-                  [&](std::string_view g, const json::Value& y) -> Status {
-                    if (g == "name") return get_string(y, file.name, g);
-                    return get_int(y, file.size, g);
-                  });
+              auto fst = each_field(e, "a file", {"name", "size"},
+                                    [&](std::string_view g, const json::Value& y) -> Status {
+                                      if (g == "name") return get_string(y, file.name, g);
+                                      return get_int(y, file.size, g);
+                                    });
               if (!fst) return fst;
             }
             b.files->push_back(std::move(file));
@@ -243,16 +235,13 @@ Result<Build> parse_build(const json::Value& v) {
           return {};
         }
         if (!x.IsObject())
-          return Error(Exit::dataerr, "cannot unmarshal " +
-                                          std::string(json::type_name(x)) +
+          return Error(Exit::dataerr, "cannot unmarshal " + std::string(json::type_name(x)) +
                                           " into field custom_data");
         b.custom_data.emplace();
         for (auto m = x.MemberBegin(); m != x.MemberEnd(); ++m) {
           std::string value;
-          if (auto vst = get_string(m->value, value, "custom_data"); !vst)
-            return vst;
-          (*b.custom_data)[std::string(m->name.GetString(),
-                                       m->name.GetStringLength())] = value;
+          if (auto vst = get_string(m->value, value, "custom_data"); !vst) return vst;
+          (*b.custom_data)[std::string(m->name.GetString(), m->name.GetStringLength())] = value;
         }
         return {};
       });
@@ -299,29 +288,27 @@ Result<Manifest> parse(std::string_view text, const std::string& name) {
                                     " (at byte " + std::to_string(doc.GetErrorOffset()) + ")");
   Manifest m;
   if (doc.IsNull()) return m;
-  auto st = each_field(
-      doc, "the manifest", {"builds", "last_run_uuid"},
-      [&](std::string_view f, const json::Value& x) -> Status {
-        if (f == "last_run_uuid") return get_string(x, m.last_run_uuid, f);
-        if (x.IsNull()) {
-          m.builds.reset();
-          return {};
-        }
-        if (!x.IsArray())
-          return Error(Exit::dataerr, "cannot unmarshal " +
-                                          std::string(json::type_name(x)) +
-                                          " into field builds");
-        m.builds.emplace();
-        for (const auto& e : x.GetArray()) {
-          auto b = parse_build(e);
-          if (!b) return b.error();
-          m.builds->push_back(std::move(*b));
-        }
-        return {};
-      });
+  auto st = each_field(doc, "the manifest", {"builds", "last_run_uuid"},
+                       [&](std::string_view f, const json::Value& x) -> Status {
+                         if (f == "last_run_uuid") return get_string(x, m.last_run_uuid, f);
+                         if (x.IsNull()) {
+                           m.builds.reset();
+                           return {};
+                         }
+                         if (!x.IsArray())
+                           return Error(Exit::dataerr, "cannot unmarshal " +
+                                                           std::string(json::type_name(x)) +
+                                                           " into field builds");
+                         m.builds.emplace();
+                         for (const auto& e : x.GetArray()) {
+                           auto b = parse_build(e);
+                           if (!b) return b.error();
+                           m.builds->push_back(std::move(*b));
+                         }
+                         return {};
+                       });
   if (!st)
-    return Error(Exit::dataerr,
-                 "Unable to parse content from " + name + ": " + st.error().message);
+    return Error(Exit::dataerr, "Unable to parse content from " + name + ": " + st.error().message);
   return m;
 }
 
@@ -352,18 +339,15 @@ Build entry(const Artifact& artifact, const Options& options, std::int64_t now) 
   return b;
 }
 
-Result<std::string> record(const Artifact& artifact, const Options& options,
-                           std::int64_t now) {
-  const std::string output =
-      options.output.empty() ? std::string(default_output) : options.output;
+Result<std::string> record(const Artifact& artifact, const Options& options, std::int64_t now) {
+  const std::string output = options.output.empty() ? std::string(default_output) : options.output;
   const fs::path target(output);
   if (target.has_parent_path()) {
     std::error_code ec;
     fs::create_directories(target.parent_path(), ec);
     if (ec)
-      return Error(Exit::cantcreat, "cannot create " +
-                                        target.parent_path().string() + ": " +
-                                        ec.message());
+      return Error(Exit::cantcreat,
+                   "cannot create " + target.parent_path().string() + ": " + ec.message());
   }
   auto lock = UpdateLock::acquire(target, options.lock_timeout);
   if (!lock) return lock.error();
@@ -374,8 +358,8 @@ Result<std::string> record(const Artifact& artifact, const Options& options,
   if (::stat(output.c_str(), &st) == 0) {
     auto text = read_file(target);
     if (!text)
-      return Error(Exit::noinput, "Unable to open " + output +
-                                      " for reading: " + text.error().message);
+      return Error(Exit::noinput,
+                   "Unable to open " + output + " for reading: " + text.error().message);
     if (!text->empty()) {
       auto parsed = parse(*text, output);
       if (!parsed) return parsed.error();
@@ -383,48 +367,43 @@ Result<std::string> record(const Artifact& artifact, const Options& options,
     }
     mode = st.st_mode & 07777;
   } else if (errno != ENOENT) {
-    return Error(Exit::noinput, "Unable to open " + output +
-                                    " for reading: " + std::strerror(errno));
+    return Error(Exit::noinput,
+                 "Unable to open " + output + " for reading: " + std::strerror(errno));
   }
   if (options.force && options.run_uuid != m.last_run_uuid) m = Manifest{};
   if (!m.builds) m.builds.emplace();
   m.builds->push_back(entry(artifact, options, now));
   m.last_run_uuid = options.run_uuid;
-  if (auto w = write_file_atomically(target, to_json(m), mode); !w)
-    return w.error();
+  if (auto w = write_file_atomically(target, to_json(m), mode); !w) return w.error();
   return output;
 }
 
-Result<UpdateLock> UpdateLock::acquire(const fs::path& path,
-                                       std::chrono::milliseconds timeout) {
+Result<UpdateLock> UpdateLock::acquire(const fs::path& path, std::chrono::milliseconds timeout) {
   const fs::path lock = path.string() + ".lock";
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
-      return Error(Exit::cantcreat,
-                   "cannot create " + lock.string() + ": " + std::strerror(errno));
+      return Error(Exit::cantcreat, "cannot create " + lock.string() + ": " + std::strerror(errno));
     UpdateLock held(lock, fd);
     for (;;) {
       if (::flock(fd, LOCK_EX | LOCK_NB) == 0) break;
       if (errno != EWOULDBLOCK && errno != EINTR)
-        return Error(Exit::cantcreat,
-                     "cannot lock " + lock.string() + ": " + std::strerror(errno));
+        return Error(Exit::cantcreat, "cannot lock " + lock.string() + ": " + std::strerror(errno));
       if (std::chrono::steady_clock::now() >= deadline) {
         held.lock_.clear();  // not ours to remove
         return Error(Exit::tempfail,
-                     path.string() + " is locked by another process (" +
-                         lock.string() + ")");
+                     path.string() + " is locked by another process (" + lock.string() + ")");
       }
       if (!signals::sleep_for(std::chrono::milliseconds(10))) {
         held.lock_.clear();
-        return Error(Exit::interrupted,
-                     "interrupted while waiting for " + lock.string());
+        return Error(Exit::interrupted, "interrupted while waiting for " + lock.string());
       }
     }
     // The holder before us removes the lock file as it releases it; a lock
     // on a file no longer at that name guards nothing, so take the new one.
-    struct stat mine {}, named {};
+    struct stat mine {
+    }, named{};
     if (::fstat(fd, &mine) == 0 && ::stat(lock.c_str(), &named) == 0 &&
         mine.st_dev == named.st_dev && mine.st_ino == named.st_ino)
       return held;

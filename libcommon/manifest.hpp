@@ -62,8 +62,8 @@ struct File {
 struct Build {
   std::string name;
   std::string builder_type;
-  std::int64_t build_time = 0;                 ///< 0: key left out
-  std::optional<std::vector<File>> files;      ///< nullopt: null
+  std::int64_t build_time = 0;             ///< 0: key left out
+  std::optional<std::vector<File>> files;  ///< nullopt: null
   std::string artifact_id;
   std::string packer_run_uuid;
   std::optional<std::map<std::string, std::string>> custom_data;  ///< nullopt: null
@@ -94,9 +94,9 @@ struct Options {
   bool strip_path = false;  ///< record base names only
   bool strip_time = false;  ///< leave build_time out
   std::optional<std::map<std::string, std::string>> custom_data;
-  bool force = false;       ///< Packer's -force: a manifest of another run
-                            ///< (last_run_uuid != run_uuid) starts afresh
-  std::string run_uuid;     ///< PACKER_RUN_UUID of this run; may be ""
+  bool force = false;    ///< Packer's -force: a manifest of another run
+                         ///< (last_run_uuid != run_uuid) starts afresh
+  std::string run_uuid;  ///< PACKER_RUN_UUID of this run; may be ""
   std::chrono::milliseconds lock_timeout{60000};
 };
 
@@ -119,8 +119,7 @@ Build entry(const Artifact& artifact, const Options& options, std::int64_t now);
 /// Exit::dataerr (the existing manifest does not parse), Exit::tempfail
 /// (the lock was held longer than lock_timeout), Exit::interrupted,
 /// Exit::cantcreat/ioerr.
-Result<std::string> record(const Artifact& artifact, const Options& options,
-                           std::int64_t now);
+Result<std::string> record(const Artifact& artifact, const Options& options, std::int64_t now);
 
 /// An exclusive lock on updating `path` that other processes honour: an
 /// flock(2) on "<path>.lock" (Packer's lock file name), which is removed
@@ -140,8 +139,7 @@ class UpdateLock {
   ~UpdateLock();
 
  private:
-  UpdateLock(std::filesystem::path lock, int fd)
-      : lock_(std::move(lock)), fd_(fd) {}
+  UpdateLock(std::filesystem::path lock, int fd) : lock_(std::move(lock)), fd_(fd) {}
   std::filesystem::path lock_;
   int fd_ = -1;
 };

@@ -1,18 +1,18 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE manifest
-#include <boost/test/unit_test.hpp>
+#include "manifest.hpp"
 
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/test/unit_test.hpp>
 #include <fstream>
 #include <set>
 #include <thread>
 
 #include "atomic_file.hpp"
 #include "json.hpp"
-#include "manifest.hpp"
 #include "signals.hpp"
 #include "test_support.hpp"
 
@@ -116,15 +116,13 @@ BOOST_AUTO_TEST_CASE(go_escapes_and_empty_values) {
   // Invalid UTF-8 (a lone byte, a cut sequence, an overlong form, a
   // surrogate, past U+10FFFF) becomes \ufffd one byte at a time, as Go does.
   BOOST_TEST(json.find("\"name\": \"a\\u0000z\\u001f\\ufffd\\ufffd(\\ufffd\\ufffd\\ufffd"
-                       "\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\",") !=
-                 std::string::npos,
+                       "\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\",") != std::string::npos,
              json);
   BOOST_TEST(json.find("\"files\": [],") != std::string::npos);
   BOOST_TEST(json.find("\"custom_data\": {}\n") != std::string::npos);
   BOOST_TEST(json.find("build_time") == std::string::npos);
   manifest::Manifest empty;
-  BOOST_TEST(manifest::to_json(empty) ==
-             "{\n  \"builds\": null,\n  \"last_run_uuid\": \"\"\n}");
+  BOOST_TEST(manifest::to_json(empty) == "{\n  \"builds\": null,\n  \"last_run_uuid\": \"\"\n}");
 }
 
 BOOST_AUTO_TEST_CASE(parse_reads_packers_files_back_unchanged) {
@@ -162,11 +160,11 @@ BOOST_AUTO_TEST_CASE(parse_follows_go_unmarshal) {
   BOOST_REQUIRE_MESSAGE(latin1.ok(), why(latin1));
   BOOST_TEST(manifest::to_json(*latin1).find("\"name\": \"caf\\ufffd\",") != std::string::npos);
 
-  for (const char* bad : {"[]", "{\"builds\":{}}", "{\"builds\":[{\"build_time\":1.5}]}",
-                          "{\"builds\":[{\"build_time\":\"1\"}]}",
-                          "{\"builds\":[{\"files\":[{\"size\":1e3}]}]}",
-                          "{\"builds\":[{\"custom_data\":{\"a\":1}}]}",
-                          "{\"last_run_uuid\":5}", "{\"builds\":[", "", "{} x"}) {
+  for (const char* bad :
+       {"[]", "{\"builds\":{}}", "{\"builds\":[{\"build_time\":1.5}]}",
+        "{\"builds\":[{\"build_time\":\"1\"}]}", "{\"builds\":[{\"files\":[{\"size\":1e3}]}]}",
+        "{\"builds\":[{\"custom_data\":{\"a\":1}}]}", "{\"last_run_uuid\":5}", "{\"builds\":[", "",
+        "{} x"}) {
     auto r = manifest::parse(bad, "m.json");
     BOOST_TEST(!r.ok(), bad);
     if (!r.ok()) {
@@ -179,8 +177,8 @@ BOOST_AUTO_TEST_CASE(parse_follows_go_unmarshal) {
 BOOST_AUTO_TEST_CASE(entry_stats_files_and_strips) {
   testing::TempDir dir;
   std::ofstream(dir.path / "disk.qcow2") << "12345";
-  manifest::Artifact a{"web", "qemu", "VM",
-                       {(dir.path / "disk.qcow2").string(), (dir.path / "gone").string()}};
+  manifest::Artifact a{
+      "web", "qemu", "VM", {(dir.path / "disk.qcow2").string(), (dir.path / "gone").string()}};
   manifest::Options o;
   auto e = manifest::entry(a, o, 1700000000);
   BOOST_TEST(e.build_time == 1700000000);
@@ -291,9 +289,11 @@ BOOST_AUTO_TEST_CASE(parallel_appends_from_processes_and_threads_lose_nothing) {
           o.output = output;
           o.run_uuid = "run";
           for (int r = 0; r < rounds; ++r) {
-            manifest::Artifact a{"p" + std::to_string(p) + "t" + std::to_string(t) +
-                                     "r" + std::to_string(r),
-                                 "qemu", "", {}};
+            manifest::Artifact a{
+                "p" + std::to_string(p) + "t" + std::to_string(t) + "r" + std::to_string(r),
+                "qemu",
+                "",
+                {}};
             if (!manifest::record(a, o, 1).ok()) ++failures;
           }
         });

@@ -37,7 +37,7 @@ namespace {
 
 /// How a stage ended.
 struct Ended {
-  int status = 0;      ///< exit status, or 128+N when ended by signal N
+  int status = 0;  ///< exit status, or 128+N when ended by signal N
   bool signaled = false;
   int pid = 0;
 };
@@ -61,15 +61,14 @@ Event event_of(const std::string& line, const std::string& tool) {
 /// Runs one stage: `program args... input` with stdout into `output` and
 /// stderr read line by line into events. Interrupts are passed on.
 Result<Ended> run_stage(const std::string& program, const std::vector<std::string>& args,
-                        const std::string& tool, const std::string& output,
-                        const Options& o) {
+                        const std::string& tool, const std::string& output, const Options& o) {
   int err_pipe[2];
   if (::pipe2(err_pipe, O_CLOEXEC) != 0)
     return Error(Exit::software, std::string("pipe: ") + std::strerror(errno));
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, output.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, output.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0600);
   posix_spawn_file_actions_adddup2(&fa, err_pipe[1], STDERR_FILENO);
   std::vector<std::string> argv_s = {program};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
@@ -131,7 +130,8 @@ Result<Ended> run_stage(const std::string& program, const std::vector<std::strin
   for (;;) {
     pid_t w = ::waitpid(pid, &status, WNOHANG);
     if (w == pid) break;
-    if (w < 0 && errno != EINTR) return Error(Exit::software, "waitpid: " + std::string(std::strerror(errno)));
+    if (w < 0 && errno != EINTR)
+      return Error(Exit::software, "waitpid: " + std::string(std::strerror(errno)));
     pass_on_interrupt();
     ::usleep(50 * 1000);
   }
@@ -206,7 +206,8 @@ std::string clean_up_after(const rapidjson::Value& last, const std::string& stag
     if (string_or(m->value, "driver") == "qemu" && string_or(m->value, "state") != "stopped" &&
         !id.empty()) {
       auto st = machine::stop(id, std::chrono::seconds(60), machine::Shutdown::immediate);
-      if (st) done += "; its machine " + id + " was stopped";
+      if (st)
+        done += "; its machine " + id + " was stopped";
       else if (st.error().code != Exit::noinput)
         done += "; stopping its machine " + id + " failed: " + st.error().message;
     }
@@ -257,7 +258,8 @@ Outcome run(const rapidjson::Value& record, const Options& o) {
     std::vector<std::string> args = o.tool_args;
     args.push_back("--log-format=json");
     args.push_back(input);
-    const std::string program = o.tools_dir.empty() ? stage : (fs::path(o.tools_dir) / stage).string();
+    const std::string program =
+        o.tools_dir.empty() ? stage : (fs::path(o.tools_dir) / stage).string();
     const auto since = fs::file_time_type::clock::now();
     auto ended = run_stage(program, args, stage, output, o);
     if (!ended) {
@@ -270,9 +272,11 @@ Outcome run(const rapidjson::Value& record, const Options& o) {
     if (!rec) {
       out.exit = ended->status == 0 ? Exit::software : static_cast<Exit>(ended->status);
       out.stage = stage;
-      out.message = stage + (ended->signaled ? " was killed by signal " + std::to_string(ended->status - 128)
-                                             : " ended (exit " + std::to_string(ended->status) + ")") +
-                    " without writing a record" + clean_up_after(out.record, stage, since, ended->pid);
+      out.message =
+          stage +
+          (ended->signaled ? " was killed by signal " + std::to_string(ended->status - 128)
+                           : " ended (exit " + std::to_string(ended->status) + ")") +
+          " without writing a record" + clean_up_after(out.record, stage, since, ended->pid);
       if (signals::interrupted()) out.exit = Exit::interrupted;
       return out;
     }
@@ -281,7 +285,8 @@ Outcome run(const rapidjson::Value& record, const Options& o) {
       const rapidjson::Value& e = out.record.HasMember("error") ? out.record["error"] : out.record;
       out.exit = ended->status != 0 ? static_cast<Exit>(ended->status) : Exit::software;
       out.stage = stage;
-      out.message = string_or(e, "message", stage + " failed (exit " + std::to_string(ended->status) + ")");
+      out.message =
+          string_or(e, "message", stage + " failed (exit " + std::to_string(ended->status) + ")");
       // A stage interrupted mid-way handled its own machine; make sure.
       if (ended->status == 130 || signals::interrupted()) {
         out.exit = Exit::interrupted;

@@ -7,12 +7,12 @@
 /// events, and what a stage that dies without a word leaves behind (a
 /// running machine, a half-written output directory) cleaned up.
 
+#include <rapidjson/document.h>
+
 #include <chrono>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <rapidjson/document.h>
 
 #include "exit_code.hpp"
 #include "result.hpp"
@@ -25,7 +25,7 @@ const std::vector<std::string>& stages();
 /// One line a stage logged: its --log-format=json event, or a line that
 /// was not JSON (a crash message) as an error.
 struct Event {
-  std::string time;   ///< as the tool wrote it (ISO 8601, UTC)
+  std::string time;  ///< as the tool wrote it (ISO 8601, UTC)
   std::string tool;
   std::string level;  ///< error, warning, info, debug, trace
   std::string message;
@@ -52,9 +52,9 @@ struct Options {
 struct Outcome {
   rapidjson::Document record;  ///< the last record written (with "error" on failure)
   bool ok = false;
-  Exit exit = Exit::ok;        ///< the failing stage's status
-  std::string stage;           ///< the failing stage; "" when ok
-  std::string message;         ///< what failed, for the summary
+  Exit exit = Exit::ok;  ///< the failing stage's status
+  std::string stage;     ///< the failing stage; "" when ok
+  std::string message;   ///< what failed, for the summary
 };
 
 /// Runs `record` (one build record from template-validate) through the

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <cstring>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -90,7 +90,7 @@ void add_file(Artifact& art, const std::string& path, const std::string& format)
   Value f(rapidjson::kObjectType);
   f.AddMember("path", Value(absolute(path), a), a);
   f.AddMember("format", Value(format, a), a);
-  struct stat st{};
+  struct stat st {};
   std::int64_t size = ::stat(path.c_str(), &st) == 0 ? st.st_size : 0;
   f.AddMember("size", size, a);
   art.json["files"].PushBack(f, a);
@@ -109,12 +109,23 @@ std::string format_of(const std::string& path) {
 std::string format_name(const compress::Format& f) {
   std::string alg;
   switch (f.algorithm) {
-    case compress::Algorithm::none: break;
-    case compress::Algorithm::gzip: alg = "gz"; break;
-    case compress::Algorithm::xz: alg = "xz"; break;
-    case compress::Algorithm::zstd: alg = "zst"; break;
-    case compress::Algorithm::lz4: alg = "lz4"; break;
-    case compress::Algorithm::bgzf: alg = "bgzf"; break;
+    case compress::Algorithm::none:
+      break;
+    case compress::Algorithm::gzip:
+      alg = "gz";
+      break;
+    case compress::Algorithm::xz:
+      alg = "xz";
+      break;
+    case compress::Algorithm::zstd:
+      alg = "zst";
+      break;
+    case compress::Algorithm::lz4:
+      alg = "lz4";
+      break;
+    case compress::Algorithm::bgzf:
+      alg = "bgzf";
+      break;
   }
   std::string arc(f.archive == compress::Archive::none ? "" : compress::name(f.archive));
   if (arc.empty()) return alg.empty() ? "file" : alg;
@@ -175,8 +186,8 @@ struct Job {
   tmpl::Context context;  ///< the build's, with BuildName and BuilderType
   std::string build_name;
   std::string build_type;
-  std::string producer;   ///< "artifact-post C.P"
-  std::string label;      ///< "post-processor C.P (type)"
+  std::string producer;  ///< "artifact-post C.P"
+  std::string label;     ///< "post-processor C.P (type)"
   StepReport& report;
 
   void say(const std::string& m) const {
@@ -200,11 +211,11 @@ Result<Outcome> run_checksum(const Value& pp, const ArtifactPtr& in, Job& job) {
   co.builder_type = job.build_type;
   const auto files = in->files();
   if (!files.empty())
-    job.say("Computing " + text::join(co.checksum_types.empty()
-                                          ? std::vector<std::string>{"md5"}
-                                          : co.checksum_types,
-                                      ", ") +
-            " of " + std::to_string(files.size()) + " file(s)");
+    job.say(
+        "Computing " +
+        text::join(co.checksum_types.empty() ? std::vector<std::string>{"md5"} : co.checksum_types,
+                   ", ") +
+        " of " + std::to_string(files.size()) + " file(s)");
   auto written = checksum::run(files, co, job.context, job.progress());
   if (!written) return written.error();
   // Packer's artifact: the input's files, then each checksum file it made.
@@ -234,10 +245,9 @@ Result<Outcome> run_compress(const Value& pp, const ArtifactPtr& in, Job& job) {
   const auto format =
       compress::detect_format(co.output.empty() ? compress::default_output : co.output, co.format);
   job.say(format.archive == compress::Archive::none
-              ? "Compressing " + (files.empty() ? std::string("nothing") : files[0]) +
-                    " with " + std::string(compress::name(format.algorithm))
-              : "Archiving " + std::to_string(files.size()) + " file(s) as " +
-                    format_name(format));
+              ? "Compressing " + (files.empty() ? std::string("nothing") : files[0]) + " with " +
+                    std::string(compress::name(format.algorithm))
+              : "Archiving " + std::to_string(files.size()) + " file(s) as " + format_name(format));
   auto w = compress::run(files, co, job.context, job.progress());
   if (!w) return w.error();
   job.say("Archive " + w->path + " completed");
@@ -262,8 +272,8 @@ Result<Outcome> run_manifest(const Value& pp, const ArtifactPtr& in, Job& job) {
       if (!m.value.IsString()) continue;
       auto v = render(std::string(m.value.GetString()), job.context);
       if (!v)
-        return Error(Exit::dataerr,
-                     "custom_data \"" + std::string(m.name.GetString()) + "\": " + v.error().message);
+        return Error(Exit::dataerr, "custom_data \"" + std::string(m.name.GetString()) +
+                                        "\": " + v.error().message);
       // A sensitive value never reaches a manifest.
       data[m.name.GetString()] = log::redact(*v, job.options.secrets);
     }
@@ -351,10 +361,9 @@ Result<Outcome> run_artifice(const Value& pp, const ArtifactPtr& in, Job& job) {
     if (rc == 0)
       for (size_t i = 0; i < g.gl_pathc; ++i) matches.emplace_back(g.gl_pathv[i]);
     ::globfree(&g);
-    if (rc != 0 && rc != GLOB_NOMATCH)
-      return Error(Exit::ioerr, "cannot expand " + pattern);
+    if (rc != 0 && rc != GLOB_NOMATCH) return Error(Exit::ioerr, "cannot expand " + pattern);
     for (const std::string& m : matches) {
-      struct stat st{};
+      struct stat st {};
       if (::stat(m.c_str(), &st) != 0)
         return Error(Exit::noinput, "stat " + m + ": " + std::strerror(errno));
       add_file(*art, m, format_of(m));
@@ -372,8 +381,8 @@ Result<Outcome> run_shell_local(const Value& pp, const ArtifactPtr& in, Job& job
   p.CopyFrom(pp, p.GetAllocator());
   // Packer's post-processor took execute_command as one string run by
   // "sh -c"; a list of one element is still read that way.
-  if (auto e = p.FindMember("execute_command"); e != p.MemberEnd() && e->value.IsArray() &&
-                                                 e->value.Size() == 1) {
+  if (auto e = p.FindMember("execute_command");
+      e != p.MemberEnd() && e->value.IsArray() && e->value.Size() == 1) {
     Value cmd(rapidjson::kArrayType);
     cmd.PushBack("sh", p.GetAllocator());
     cmd.PushBack("-c", p.GetAllocator());
@@ -394,8 +403,7 @@ Result<Outcome> run_shell_local(const Value& pp, const ArtifactPtr& in, Job& job
   return Outcome{in, true, true};
 }
 
-Result<Outcome> run_one(const std::string& type, const Value& pp, const ArtifactPtr& in,
-                        Job& job) {
+Result<Outcome> run_one(const std::string& type, const Value& pp, const ArtifactPtr& in, Job& job) {
   if (type == "checksum") return run_checksum(pp, in, job);
   if (type == "compress") return run_compress(pp, in, job);
   if (type == "manifest") return run_manifest(pp, in, job);
@@ -507,13 +515,12 @@ Status run(rapidjson::Document& record, const Options& options) {
         chain_ok = false;
         break;
       }
-      Job job{build, machine, options, base, build_name, build_type,
-              "artifact-post " + where, label, report};
+      Job job{build, machine, options, base, build_name, build_type, "artifact-post " + where,
+              label, report};
       if (options.say)
         options.say(report.name.empty() || report.name == report.type
                         ? "Running post-processor: " + report.type
-                        : "Running post-processor: " + report.name + " (type " + report.type +
-                              ")");
+                        : "Running post-processor: " + report.name + " (type " + report.type + ")");
       report.input = prior->files();
       report.status = "ok";
       const auto started = Clock::now();
@@ -534,8 +541,7 @@ Status run(rapidjson::Document& record, const Options& options) {
       bool keep = outcome->keep;
       // keep_input_artifact overrides the default, unless the
       // post-processor keeps its input by force.
-      if (auto k = pp.FindMember("keep_input_artifact");
-          k != pp.MemberEnd() && k->value.IsBool()) {
+      if (auto k = pp.FindMember("keep_input_artifact"); k != pp.MemberEnd() && k->value.IsBool()) {
         if (!(outcome->keep && !k->value.GetBool() && outcome->force)) keep = k->value.GetBool();
       }
       report.input_kept = keep;
@@ -611,7 +617,6 @@ Status run(rapidjson::Document& record, const Options& options) {
   return first;
 }
 
-
 Status check_post_argument(std::string_view text) {
   size_t start = text.find_first_not_of(" \t\n\r");
   if (start == std::string_view::npos) return Error(Exit::usage, "--post needs a post-processor");
@@ -623,17 +628,18 @@ Status check_post_argument(std::string_view text) {
     return {};
   }
   for (char c : text)
-    if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) ||
-          c == '-' || c == '_'))
-      return Error(Exit::usage, "--post: '" + std::string(text) +
-                                    "' is neither a post-processor type nor a JSON object or array");
+    if (!(std::islower(static_cast<unsigned char>(c)) ||
+          std::isdigit(static_cast<unsigned char>(c)) || c == '-' || c == '_'))
+      return Error(Exit::usage,
+                   "--post: '" + std::string(text) +
+                       "' is neither a post-processor type nor a JSON object or array");
   return {};
 }
 
 Standalone standalone_record(const Request& request) {
   Standalone out;
   for (const std::string& f : request.files) {
-    struct stat st{};
+    struct stat st {};
     if (::stat(f.c_str(), &st) != 0) {
       out.errors.emplace_back(Exit::noinput, "cannot read " + f + ": " + std::strerror(errno));
       out.exit = Exit::noinput;
@@ -666,8 +672,9 @@ Standalone standalone_record(const Request& request) {
     }
     out.sources.push_back(file_map);
     if (!doc.IsArray()) {
-      Error e(Exit::dataerr, "a Packer post-processors array ([...]) was expected, not " +
-                                 std::string(json::type_name(doc)),
+      Error e(Exit::dataerr,
+              "a Packer post-processors array ([...]) was expected, not " +
+                  std::string(json::type_name(doc)),
               file_map.locate(""));
       out.errors.push_back(e);
       out.exit = Exit::dataerr;

@@ -22,14 +22,14 @@
 /// arrives, the builder's artifact is kept, so that the post-processing
 /// can be run again.
 
+#include <rapidjson/document.h>
+
 #include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <rapidjson/document.h>
 
 #include "json.hpp"
 #include "result.hpp"
@@ -84,9 +84,9 @@ struct Request {
 /// The record made, or why not.
 struct Standalone {
   std::optional<rapidjson::Document> record;
-  Errors errors;    ///< each with where (file, line...) when known
+  Errors errors;  ///< each with where (file, line...) when known
   Errors warnings;
-  Exit exit = Exit::ok;  ///< meaningful when errors is non-empty
+  Exit exit = Exit::ok;                  ///< meaningful when errors is non-empty
   std::vector<json::SourceMap> sources;  ///< files read, for quoting lines
   std::vector<std::string> secrets;
 };

@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE post
-#include <boost/test/unit_test.hpp>
+#include "post.hpp"
 
 #include <signal.h>
 #include <unistd.h>
 
+#include <boost/test/unit_test.hpp>
 #include <fstream>
 
 #include "json.hpp"
-#include "post.hpp"
 #include "record.hpp"
 #include "signals.hpp"
 #include "test_support.hpp"
@@ -39,14 +39,16 @@ rapidjson::Document record_with(const std::string& chains) {
   write(dir + "/disk.raw", "raw bytes");
   const std::string text =
       R"({"kiln":1,"build":{"name":"b","type":"null","builder":{"type":"null"},)"
-      R"("provisioners":[],"post_processors":)" + chains +
-      R"(,"captures":[],"on_error":"cleanup","template":{"path":"","dir":")" +
+      R"("provisioners":[],"post_processors":)" +
+      chains + R"(,"captures":[],"on_error":"cleanup","template":{"path":"","dir":")" +
       fs::current_path().string() +
       R"(","sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},)"
       R"("variables":{"v":"value"},"run_uuid":"u-1","timestamp":1,"sensitive":[]},)"
       R"("artifacts":[{"builder_id":"transcend.qemu","id":"VM","producer":"capture","directory":")" +
-      dir + R"(","files":[{"path":")" + dir + R"(/disk.qcow2","format":"qcow2","size":11},)"
-      R"({"path":")" + dir + R"(/disk.raw","format":"raw","size":9}]}]})";
+      dir + R"(","files":[{"path":")" + dir +
+      R"(/disk.qcow2","format":"qcow2","size":11},)"
+      R"({"path":")" +
+      dir + R"(/disk.raw","format":"raw","size":9}]}]})";
   rapidjson::Document rec;
   BOOST_REQUIRE(json::parse(text, rec).ok());
   auto valid = record::validate(rec);
@@ -144,9 +146,8 @@ BOOST_AUTO_TEST_CASE(a_failure_names_the_post_processor_and_keeps_the_builder_ar
 
 BOOST_AUTO_TEST_CASE(templates_are_rendered_with_the_build_and_its_variables) {
   InTempDir t;
-  auto rec = record_with(
-      R"([[{"type":"manifest","output":"{{.BuildName}}-{{user `v`}}.json",)"
-      R"("custom_data":{"t":"{{.BuilderType}}"}}]])");
+  auto rec = record_with(R"([[{"type":"manifest","output":"{{.BuildName}}-{{user `v`}}.json",)"
+                         R"("custom_data":{"t":"{{.BuilderType}}"}}]])");
   BOOST_REQUIRE(post::run(rec, {}).ok());
   BOOST_TEST(fs::exists("b-value.json"));
 }

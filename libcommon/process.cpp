@@ -5,10 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <boost/asio/io_context.hpp>
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
-#include <array>
 #include <future>
 
 #include "signals.hpp"
@@ -20,13 +20,11 @@ namespace bp = boost::process;
 Result<std::string> find_program(const std::string& name) {
   if (name.find('/') != std::string::npos) {
     if (::access(name.c_str(), X_OK) == 0) return name;
-    return Error(Exit::unavailable,
-                 "program " + name + " is missing or not executable");
+    return Error(Exit::unavailable, "program " + name + " is missing or not executable");
   }
   auto path = bp::search_path(name);
   if (path.empty())
-    return Error(Exit::unavailable,
-                 "program " + name + " is not installed (not found on PATH)");
+    return Error(Exit::unavailable, "program " + name + " is not installed (not found on PATH)");
   return path.string();
 }
 
@@ -61,25 +59,19 @@ Result<Output> run(const Command& cmd, std::chrono::milliseconds timeout) {
   try {
     std::string cwd = cmd.cwd.empty() ? std::string(".") : cmd.cwd;
     if (cmd.input) {
-      child = bp::child(*exe, bp::args(cmd.args), bp::std_out > out,
-                        bp::std_err > err, bp::std_in < in_pipe, child_env,
-                        bp::start_dir(cwd), io, ec);
+      child = bp::child(*exe, bp::args(cmd.args), bp::std_out > out, bp::std_err > err,
+                        bp::std_in < in_pipe, child_env, bp::start_dir(cwd), io, ec);
     } else {
-      child = bp::child(*exe, bp::args(cmd.args), bp::std_out > out,
-                        bp::std_err > err, bp::std_in < bp::null, child_env,
-                        bp::start_dir(cwd), io, ec);
+      child = bp::child(*exe, bp::args(cmd.args), bp::std_out > out, bp::std_err > err,
+                        bp::std_in < bp::null, child_env, bp::start_dir(cwd), io, ec);
     }
   } catch (const std::exception& e) {
     return Error(Exit::software, "cannot start " + cmd.program + ": " + e.what());
   }
-  if (ec)
-    return Error(Exit::software,
-                 "cannot start " + cmd.program + ": " + ec.message());
+  if (ec) return Error(Exit::software, "cannot start " + cmd.program + ": " + ec.message());
   if (cmd.input) {
     boost::asio::async_write(in_pipe, boost::asio::buffer(*cmd.input),
-                             [&](const boost::system::error_code&, size_t) {
-                               in_pipe.close();
-                             });
+                             [&](const boost::system::error_code&, size_t) { in_pipe.close(); });
   }
 
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -88,11 +80,9 @@ Result<Output> run(const Command& cmd, std::chrono::milliseconds timeout) {
     io.run_for(std::chrono::milliseconds(50));
     if (signals::interrupted()) {
       failure = Error(Exit::interrupted, cmd.program + " interrupted");
-    } else if (timeout.count() > 0 &&
-               std::chrono::steady_clock::now() > deadline) {
-      failure = Error(Exit::tempfail,
-                      cmd.program + " did not finish within " +
-                          std::to_string(timeout.count() / 1000.0) + " s");
+    } else if (timeout.count() > 0 && std::chrono::steady_clock::now() > deadline) {
+      failure = Error(Exit::tempfail, cmd.program + " did not finish within " +
+                                          std::to_string(timeout.count() / 1000.0) + " s");
     }
     if (failure) {
       child.terminate(ec);
@@ -152,9 +142,9 @@ Result<int> run_streaming(const Command& cmd, const Sink& out, const Sink& err,
       child = bp::child(*exe, bp::args(cmd.args), bp::std_out > out_pipe, bp::std_err > err_pipe,
                         bp::std_in < in_pipe, child_env, bp::start_dir(cwd), OwnProcessGroup{}, ec);
     else
-      child = bp::child(*exe, bp::args(cmd.args), bp::std_out > out_pipe, bp::std_err > err_pipe,
-                        bp::std_in < bp::null, child_env, bp::start_dir(cwd), OwnProcessGroup{},
-                        ec);
+      child =
+          bp::child(*exe, bp::args(cmd.args), bp::std_out > out_pipe, bp::std_err > err_pipe,
+                    bp::std_in < bp::null, child_env, bp::start_dir(cwd), OwnProcessGroup{}, ec);
   } catch (const std::exception& e) {
     return Error(Exit::software, "cannot start " + cmd.program + ": " + e.what());
   }

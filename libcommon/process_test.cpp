@@ -1,13 +1,14 @@
 #define BOOST_TEST_MODULE process
-#include <boost/test/unit_test.hpp>
+#include "process.hpp"
 
+#include <signal.h>
+
+#include <boost/test/unit_test.hpp>
 #include <csignal>
 #include <fstream>
 #include <thread>
 #include <vector>
-#include <signal.h>
 
-#include "process.hpp"
 #include "signals.hpp"
 #include "test_support.hpp"
 
@@ -24,16 +25,19 @@ BOOST_AUTO_TEST_CASE(captures_output_and_exit_code) {
 }
 
 BOOST_AUTO_TEST_CASE(environment_cwd_and_input) {
-  process::Command c{"sh", {"-c", "printf '%s:' \"$KILN_X\"; pwd; cat"},
-                     {{"KILN_X", "y"}}, "/tmp", std::string("fed")};
+  process::Command c{"sh",
+                     {"-c", "printf '%s:' \"$KILN_X\"; pwd; cat"},
+                     {{"KILN_X", "y"}},
+                     "/tmp",
+                     std::string("fed")};
   auto r = process::run(c);
   BOOST_REQUIRE(r.ok());
   BOOST_TEST(r->out == "y:/tmp\nfed");
 }
 
 BOOST_AUTO_TEST_CASE(large_output_does_not_deadlock) {
-  process::Command c{"sh", {"-c", "head -c 3000000 /dev/zero; head -c 3000000 /dev/zero >&2"},
-                     {}, {}, {}};
+  process::Command c{
+      "sh", {"-c", "head -c 3000000 /dev/zero; head -c 3000000 /dev/zero >&2"}, {}, {}, {}};
   auto r = process::run(c);
   BOOST_REQUIRE(r.ok());
   BOOST_TEST(r->out.size() == 3000000u);

@@ -65,7 +65,8 @@ std::map<std::string, std::string> generated_of(const Value& machine, const Valu
   g["ID"] = string_or(machine, "id");
   g["ConnType"] = string_or(comm, "type", "ssh");
   g["Host"] = string_or(comm, "host");
-  if (comm.HasMember("port")) g["Port"] = std::to_string(static_cast<int>(number_or(comm, "port", 22)));
+  if (comm.HasMember("port"))
+    g["Port"] = std::to_string(static_cast<int>(number_or(comm, "port", 22)));
   g["User"] = string_or(comm, "username");
   g["SSHPrivateKeyFile"] = string_or(comm, "private_key_file");
   g["SSHAgentAuth"] = bool_or(comm, "agent") ? "true" : "false";
@@ -118,8 +119,8 @@ Status provision(rapidjson::Document& record, const Options& o) {
     return Error(Exit::dataerr,
                  "the record has no machine to provision: run vm-launch first (or give --host)");
   if (string_or(m->value, "state") == "stopped")
-    return Error(Exit::dataerr, "the record's machine " + string_or(m->value, "id") +
-                                    " has been stopped already");
+    return Error(Exit::dataerr,
+                 "the record's machine " + string_or(m->value, "id") + " has been stopped already");
   const Value& build = record["build"];
   const Value& builder = build["builder"];
   const Value& comm_section = m->value["communicator"];
@@ -214,7 +215,8 @@ Status provision(rapidjson::Document& record, const Options& o) {
     const int index = static_cast<int>(i);
     const auto t0 = Clock::now();
     if (auto pause = seconds_of(p, "pause_before", 0); pause.count() > 0) {
-      say("Pausing " + std::to_string(pause.count() / 1000.0).substr(0, 5) + " s before the next provisioner...");
+      say("Pausing " + std::to_string(pause.count() / 1000.0).substr(0, 5) +
+          " s before the next provisioner...");
       if (!signals::sleep_for(pause)) {
         put_entry(done, a, index, type, "failed", 0, std::nullopt, 0, "interrupted");
         return handle_failure(Error(Exit::interrupted, "interrupted"), index, type);
@@ -237,14 +239,15 @@ Status provision(rapidjson::Document& record, const Options& o) {
       }
       Error e = r.error();
       if (e.code != Exit::interrupted && !signals::interrupted() && attempt < tries) {
-        say("provisioner " + std::to_string(index) + " (" + type + ") failed, retrying: " +
-            first_line(e.message));
+        say("provisioner " + std::to_string(index) + " (" + type +
+            ") failed, retrying: " + first_line(e.message));
         if (signals::sleep_for(2s)) continue;
       }
       if (e.code != Exit::interrupted && signals::interrupted())
         e = Error(Exit::interrupted, "interrupted: " + e.message);
       if (e.code != Exit::interrupted && on_error == "ask" && o.ask) {
-        char answer = o.ask("provisioner " + std::to_string(index) + " (" + type + "): " + e.message);
+        char answer =
+            o.ask("provisioner " + std::to_string(index) + " (" + type + "): " + e.message);
         if (answer == 'r') {
           attempt = 0;
           continue;

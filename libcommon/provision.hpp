@@ -7,11 +7,11 @@
 /// build's machine is stopped (on_error=cleanup) or left running for the
 /// user to log in (abort).
 
+#include <rapidjson/document.h>
+
 #include <functional>
 #include <string>
 #include <string_view>
-
-#include <rapidjson/document.h>
 
 #include "communicator.hpp"
 #include "result.hpp"

@@ -143,9 +143,8 @@ tmpl::Context template_context(const Environment& env) {
 /// fails in a way no retry cures, or `start_retry` has passed; the machine
 /// may be rebooting meanwhile.
 template <class Op>
-auto with_retry(Environment& env, std::chrono::milliseconds start_retry,
-                Clock::time_point deadline, const std::string& what, Op&& op)
-    -> decltype(op()) {
+auto with_retry(Environment& env, std::chrono::milliseconds start_retry, Clock::time_point deadline,
+                const std::string& what, Op&& op) -> decltype(op()) {
   const auto give_up = Clock::now() + start_retry;
   for (int attempt = 1;; ++attempt) {
     auto r = op();
@@ -155,8 +154,7 @@ auto with_retry(Environment& env, std::chrono::milliseconds start_retry,
     if (!retryable || signals::interrupted() || Clock::now() >= give_up ||
         (deadline != Clock::time_point::max() && Clock::now() >= deadline))
       return e;
-    if (env.say)
-      env.say("retrying " + what + " (" + e.message + ")");
+    if (env.say) env.say("retrying " + what + " (" + e.message + ")");
     env.comm->drop();
     auto wait = std::min<Clock::duration>(give_up - Clock::now(), 60s);
     auto connect_for = std::chrono::duration_cast<std::chrono::milliseconds>(wait);
@@ -206,9 +204,8 @@ Result<Step> run_shell(const Value& p, Environment& env, Clock::time_point deadl
   std::string env_var_file;
   if (use_env_var_file) {
     env_var_file = folder + "/varfile_" + std::to_string(rng() % 9999) + ".sh";
-    auto st = with_retry(env, start_retry, deadline, "uploading the variables file", [&] {
-      return env.comm->upload_data(vars, env_var_file, 0600);
-    });
+    auto st = with_retry(env, start_retry, deadline, "uploading the variables file",
+                         [&] { return env.comm->upload_data(vars, env_var_file, 0600); });
     if (!st) return st.error();
   }
   ctx.fields["Vars"] = vars;
@@ -234,8 +231,7 @@ Result<Step> run_shell(const Value& p, Environment& env, Clock::time_point deadl
       // without a round trip of its own); only a run the connection did not
       // survive needs the separate removal below.
       std::string full = *command;
-      if (!skip_clean)
-        full += "\n__kiln_status=$?; rm -f " + remote_path + "; exit $__kiln_status";
+      if (!skip_clean) full += "\n__kiln_status=$?; rm -f " + remote_path + "; exit $__kiln_status";
       auto r = env.comm->run(
           full, [&](std::string_view c) { out(c); }, [&](std::string_view c) { err(c); },
           remaining(deadline));
@@ -253,7 +249,8 @@ Result<Step> run_shell(const Value& p, Environment& env, Clock::time_point deadl
                      "Script disconnected unexpectedly. If you expected your script to "
                      "disconnect, i.e. from a restart, you can try adding "
                      "\"expect_disconnect\": true or \"valid_exit_codes\": [0, 2300218] to the "
-                     "shell provisioner parameters.\n" + tail_text(tail));
+                     "shell provisioner parameters.\n" +
+                         tail_text(tail));
       if (env.say) env.say("the connection dropped, as expected");
     } else if (auto c = check_exit(code, valid, tail, "Script"); !c) {
       return c.error();
@@ -264,21 +261,24 @@ Result<Step> run_shell(const Value& p, Environment& env, Clock::time_point deadl
       if (!r) return r.error();
       if (*r == communicator::kDisconnected)
         return Error(Exit::protocol, "Disconnect while removing temporary script.");
-      if (*r != 0) return Error(Exit::failed, "Error removing temporary script at " + remote_path + "!");
+      if (*r != 0)
+        return Error(Exit::failed, "Error removing temporary script at " + remote_path + "!");
       return {};
     });
     if (!clean) return clean.error();
   }
   if (!skip_clean && !env_var_file.empty()) {
-    auto clean = with_retry(env, start_retry, deadline, "removing the variables file", [&]() -> Status {
-      auto r = env.comm->run("rm -f " + env_var_file, {}, {}, 60s);
-      if (!r) return r.error();
-      return {};
-    });
+    auto clean =
+        with_retry(env, start_retry, deadline, "removing the variables file", [&]() -> Status {
+          auto r = env.comm->run("rm -f " + env_var_file, {}, {}, 60s);
+          if (!r) return r.error();
+          return {};
+        });
     if (!clean) return clean.error();
   }
   if (auto pause = seconds_of(p, "pause_after", 0); pause.count() > 0) {
-    if (env.say) env.say("Pausing " + std::to_string(pause.count() / 1000.0) + " s after this provisioner...");
+    if (env.say)
+      env.say("Pausing " + std::to_string(pause.count() / 1000.0) + " s after this provisioner...");
     if (!signals::sleep_for(pause)) return Error(Exit::interrupted, "interrupted while pausing");
   }
   return step;
@@ -297,8 +297,10 @@ Result<Step> run_file(const Value& p, Environment& env, Clock::time_point deadli
   if (auto c = p.FindMember("content"); c != p.MemberEnd() && c->value.IsString()) {
     std::string dst = destination;
     if (!dst.empty() && dst.back() == '/')
-      return Error(Exit::config, "file provisioner: \"content\" needs a file destination, not the "
-                                 "folder " + dst);
+      return Error(Exit::config,
+                   "file provisioner: \"content\" needs a file destination, not the "
+                   "folder " +
+                       dst);
     if (env.say) env.say("Uploading content => " + dst);
     if (auto st = env.comm->upload_data(
             std::string_view(c->value.GetString(), c->value.GetStringLength()), dst, 0644);
@@ -333,7 +335,8 @@ Result<Step> run_file(const Value& p, Environment& env, Clock::time_point deadli
     }
     std::error_code ec;
     auto status = fs::status(src, ec);
-    if (ec || !fs::exists(status)) return Error(Exit::noinput, "Bad source '" + src + "': no such file or folder");
+    if (ec || !fs::exists(status))
+      return Error(Exit::noinput, "Bad source '" + src + "': no such file or folder");
     const bool is_dir = fs::is_directory(status);
     const std::string target = upload_target(src, destination, is_dir);
     if (env.say) env.say("Uploading " + src + " => " + destination);
@@ -372,8 +375,8 @@ Result<int> run_local(Environment& env, const process::Command& cmd, Clock::time
 // ------------------------------------------------------------ shell-local
 
 Result<Step> run_shell_local(const Value& p, Environment& env, Clock::time_point deadline) {
-  if (auto only = strings_of(p, "only_on"); !only.empty() &&
-      std::find(only.begin(), only.end(), "linux") == only.end()) {
+  if (auto only = strings_of(p, "only_on");
+      !only.empty() && std::find(only.begin(), only.end(), "linux") == only.end()) {
     Step s;
     s.skipped = true;
     s.note = "only_on does not list linux";
@@ -398,8 +401,9 @@ Result<Step> run_shell_local(const Value& p, Environment& env, Clock::time_point
     for (const auto& line : in) text += line + "\n";
     std::string t = (fs::temp_directory_path() / "kiln-shell-local-XXXXXX").string();
     int fd = ::mkstemp(t.data());
-    if (fd < 0) return Error(Exit::cantcreat, "cannot create a temporary script in " +
-                                                  fs::temp_directory_path().string());
+    if (fd < 0)
+      return Error(Exit::cantcreat,
+                   "cannot create a temporary script in " + fs::temp_directory_path().string());
     remove_inline.path = t;
     bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
     ::fchmod(fd, 0700);
@@ -420,9 +424,11 @@ Result<Step> run_shell_local(const Value& p, Environment& env, Clock::time_point
     for (const auto& m : e->value.GetObject())
       if (m.value.IsString()) child_env[m.name.GetString()] = m.value.GetString();
   // The machine's coordinates, for scripts that reach it themselves.
-  const std::pair<const char*, const char*> coords[] = {
-      {"Host", "KILN_SSH_HOST"}, {"Port", "KILN_SSH_PORT"}, {"User", "KILN_SSH_USER"},
-      {"SSHPrivateKeyFile", "KILN_SSH_KEY_FILE"}, {"ID", "KILN_MACHINE_ID"}};
+  const std::pair<const char*, const char*> coords[] = {{"Host", "KILN_SSH_HOST"},
+                                                        {"Port", "KILN_SSH_PORT"},
+                                                        {"User", "KILN_SSH_USER"},
+                                                        {"SSHPrivateKeyFile", "KILN_SSH_KEY_FILE"},
+                                                        {"ID", "KILN_MACHINE_ID"}};
   for (const auto& [field, var] : coords)
     if (auto it = env.generated.find(field); it != env.generated.end() && !it->second.empty())
       child_env[var] = it->second;
@@ -443,8 +449,8 @@ Result<Step> run_shell_local(const Value& p, Environment& env, Clock::time_point
       argv.push_back(*r);
     }
     std::deque<std::string> tail;
-    auto r = run_local(env, {argv[0], {argv.begin() + 1, argv.end()}, child_env, {}, {}},
-                       deadline, tail);
+    auto r = run_local(env, {argv[0], {argv.begin() + 1, argv.end()}, child_env, {}, {}}, deadline,
+                       tail);
     if (!r) return r.error();
     step.exit_code = *r;
     if (auto c = check_exit(*r, valid, tail, "Local command"); !c) return c.error();
@@ -466,8 +472,8 @@ Result<Step> run_ansible(const Value& p, Environment& env, Clock::time_point dea
   std::string host = gen("Host"), port = gen("Port"), key = gen("SSHPrivateKeyFile");
 
   // The inventory: Packer's line for Ansible 2, then one copy per group.
-  std::string line = alias + " ansible_host=" + host + " ansible_user=" + user +
-                     " ansible_port=" + port + "\n";
+  std::string line =
+      alias + " ansible_host=" + host + " ansible_user=" + user + " ansible_port=" + port + "\n";
   std::string inventory = line;
   for (const auto& g : strings_of(p, "groups")) inventory += "[" + g + "]\n" + line;
   for (const auto& g : strings_of(p, "empty_groups")) inventory += "[" + g + "]\n";
@@ -478,7 +484,8 @@ Result<Step> run_ansible(const Value& p, Environment& env, Clock::time_point dea
     std::string path;
     ~Remove() { ::unlink(path.c_str()); }
   } remove_inventory{inv_path};
-  bool ok = ::write(fd, inventory.data(), inventory.size()) == static_cast<ssize_t>(inventory.size());
+  bool ok =
+      ::write(fd, inventory.data(), inventory.size()) == static_cast<ssize_t>(inventory.size());
   ::close(fd);
   if (!ok) return Error(Exit::ioerr, "cannot write the inventory file " + inv_path);
 
@@ -492,8 +499,8 @@ Result<Step> run_ansible(const Value& p, Environment& env, Clock::time_point dea
     auto r = run_local(env, cmd, deadline, tail);
     if (!r) return r.error();
     if (*r != 0)
-      return Error(Exit::failed, what + " exited with non-zero exit status: " +
-                                     std::to_string(*r) + "\n" + tail_text(tail));
+      return Error(Exit::failed, what + " exited with non-zero exit status: " + std::to_string(*r) +
+                                     "\n" + tail_text(tail));
     return *r;
   };
 
@@ -551,7 +558,8 @@ Result<Step> run_breakpoint(const Value& p, Environment& env) {
   Step s;
   const std::string note = string_or(p, "note");
   if (bool_or(p, "disable")) {
-    if (env.say) env.say("Breakpoint provisioner with note \"" + note + "\" disabled, continuing...");
+    if (env.say)
+      env.say("Breakpoint provisioner with note \"" + note + "\" disabled, continuing...");
     s.skipped = true;
     s.note = "disabled";
     return s;
@@ -559,13 +567,14 @@ Result<Step> run_breakpoint(const Value& p, Environment& env) {
   int tty = env.interactive ? ::open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC) : -1;
   if (tty < 0 || !::isatty(tty)) {
     if (tty >= 0) ::close(tty);
-    if (env.say) env.say("Breakpoint with note \"" + note + "\": no terminal to wait on, continuing");
+    if (env.say)
+      env.say("Breakpoint with note \"" + note + "\": no terminal to wait on, continuing");
     s.skipped = true;
     s.note = "no terminal";
     return s;
   }
-  std::string prompt = "Pausing at breakpoint provisioner with note \"" + note +
-                       "\". Press enter to continue.\n";
+  std::string prompt =
+      "Pausing at breakpoint provisioner with note \"" + note + "\". Press enter to continue.\n";
   (void)::write(tty, prompt.data(), prompt.size());
   struct pollfd fds[2] = {{tty, POLLIN, 0}, {signals::wake_fd(), POLLIN, 0}};
   for (;;) {
@@ -577,7 +586,8 @@ Result<Step> run_breakpoint(const Value& p, Environment& env) {
     if (n > 0 && (fds[0].revents & (POLLIN | POLLHUP))) {
       char buf[256];
       ssize_t got = ::read(tty, buf, sizeof buf);
-      if (got <= 0 || std::string_view(buf, static_cast<size_t>(got)).find('\n') != std::string_view::npos)
+      if (got <= 0 ||
+          std::string_view(buf, static_cast<size_t>(got)).find('\n') != std::string_view::npos)
         break;
     }
   }

@@ -7,14 +7,14 @@
 /// takes one normalized provisioner object of a build record (see
 /// schemas/build.schema.json) and reports the command's exit status.
 
+#include <rapidjson/document.h>
+
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
 #include <string_view>
-
-#include <rapidjson/document.h>
 
 #include "communicator.hpp"
 #include "result.hpp"
@@ -44,7 +44,7 @@ struct Environment {
 struct Step {
   int exit_code = 0;  ///< of its (last) command; 0 when it ran none
   bool skipped = false;
-  std::string note;   ///< why it was skipped, for the record
+  std::string note;  ///< why it was skipped, for the record
 };
 
 /// Runs provisioner `p` (an object with "type") within `timeout` (0 =

@@ -26,8 +26,7 @@ struct Switch {
   std::vector<std::vector<std::string>> values;  ///< each: the words after it
 };
 
-void add(std::vector<Switch>& list, const std::string& name,
-         std::vector<std::string> words) {
+void add(std::vector<Switch>& list, const std::string& name, std::vector<std::string> words) {
   for (Switch& s : list) {
     if (s.name == name) {
       s.values.push_back(std::move(words));
@@ -91,8 +90,8 @@ Result<std::vector<std::string>> command_line(const Value& b, const Inputs& in) 
         std::string text = w.IsString() ? w.GetString() : "";
         auto r = tmpl::render(text, ctx);
         if (!r) {
-          Error e(Exit::dataerr, "qemuargs entry " + std::to_string(i + 1) + ": " +
-                                     r.error().message);
+          Error e(Exit::dataerr,
+                  "qemuargs entry " + std::to_string(i + 1) + ": " + r.error().message);
           e.where.pointer = "/build/builder/qemuargs/" + std::to_string(i);
           return e;
         }
@@ -111,8 +110,8 @@ Result<std::vector<std::string>> command_line(const Value& b, const Inputs& in) 
     }
   };
   for (const Switch& s : defaults) {
-    auto u = std::find_if(user.begin(), user.end(),
-                          [&](const Switch& x) { return x.name == s.name; });
+    auto u =
+        std::find_if(user.begin(), user.end(), [&](const Switch& x) { return x.name == s.name; });
     emit(u == user.end() ? s : *u);
   }
   for (const Switch& s : user) {
@@ -127,14 +126,34 @@ Errors unsupported(const Value& b) {
   // Each of these changes what the machine is or how it is reached in a way
   // vm-launch does not do yet; silently ignoring one would build something
   // else than the template says.
-  static const char* const kKeys[] = {
-      "floppy_files", "floppy_dirs", "floppy_content", "net_bridge",
-      "disk_additional_size", "firmware", "efi_boot", "efi_firmware_code",
-      "efi_firmware_vars", "vtpm", "vnc_use_password", "use_default_display",
-      "display", "run_once", "ssh_bastion_host", "ssh_proxy_host",
-      "ssh_local_tunnels", "ssh_remote_tunnels", "ssh_certificate_file",
-      "ssh_keypair_name", "ssh_private_key", "ssh_public_key", "cpu_model",
-      "sockets", "cores", "threads", "qmp_socket_path", "skip_nat_mapping"};
+  static const char* const kKeys[] = {"floppy_files",
+                                      "floppy_dirs",
+                                      "floppy_content",
+                                      "net_bridge",
+                                      "disk_additional_size",
+                                      "firmware",
+                                      "efi_boot",
+                                      "efi_firmware_code",
+                                      "efi_firmware_vars",
+                                      "vtpm",
+                                      "vnc_use_password",
+                                      "use_default_display",
+                                      "display",
+                                      "run_once",
+                                      "ssh_bastion_host",
+                                      "ssh_proxy_host",
+                                      "ssh_local_tunnels",
+                                      "ssh_remote_tunnels",
+                                      "ssh_certificate_file",
+                                      "ssh_keypair_name",
+                                      "ssh_private_key",
+                                      "ssh_public_key",
+                                      "cpu_model",
+                                      "sockets",
+                                      "cores",
+                                      "threads",
+                                      "qmp_socket_path",
+                                      "skip_nat_mapping"};
   Errors out;
   for (const char* key : kKeys) {
     auto it = b.FindMember(key);
@@ -144,8 +163,8 @@ Errors unsupported(const Value& b) {
                  (v.IsArray() && v.Empty()) || (v.IsObject() && v.MemberCount() == 0) ||
                  (v.IsBool() && !v.GetBool()) || (v.IsNumber() && v.GetDouble() == 0);
     if (unset) continue;
-    Error e(Exit::config, std::string("the qemu option \"") + key +
-                              "\" is not supported by kiln yet");
+    Error e(Exit::config,
+            std::string("the qemu option \"") + key + "\" is not supported by kiln yet");
     e.where.pointer = std::string("/build/builder/") + key;
     out.push_back(std::move(e));
   }
@@ -160,8 +179,7 @@ Errors unsupported(const Value& b) {
 
 std::string quoted(const std::string& binary, const std::vector<std::string>& args) {
   auto q = [](const std::string& w) {
-    if (!w.empty() && w.find_first_of(" \t\n'\"\\$`*?[]{}()<>|&;#~") == std::string::npos)
-      return w;
+    if (!w.empty() && w.find_first_of(" \t\n'\"\\$`*?[]{}()<>|&;#~") == std::string::npos) return w;
     std::string out = "'";
     for (char c : w) {
       if (c == '\'')

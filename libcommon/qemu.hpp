@@ -5,10 +5,10 @@
 /// switch by `qemuargs`, whose {{ .HTTPIP }}, {{ .HTTPPort }},
 /// {{ .SSHHostPort }}, {{ .OutputDir }} and {{ .Name }} are rendered here.
 
+#include <rapidjson/document.h>
+
 #include <string>
 #include <vector>
-
-#include <rapidjson/document.h>
 
 #include "result.hpp"
 
@@ -16,12 +16,12 @@ namespace kiln::qemu {
 
 /// What the launcher decided before qemu starts.
 struct Inputs {
-  std::string accelerator;          ///< "kvm" or "tcg", already decided
-  std::string disk;                 ///< the disk qemu boots (an overlay)
-  std::string install_iso;          ///< "" for disk_image builds
-  std::vector<std::string> cdroms;  ///< further CDs: cd_files, the seed
-  int ssh_host_port = 0;            ///< forwarded to the guest's ssh_port
-  int http_port = 0;                ///< 0 when nothing is served
+  std::string accelerator;           ///< "kvm" or "tcg", already decided
+  std::string disk;                  ///< the disk qemu boots (an overlay)
+  std::string install_iso;           ///< "" for disk_image builds
+  std::vector<std::string> cdroms;   ///< further CDs: cd_files, the seed
+  int ssh_host_port = 0;             ///< forwarded to the guest's ssh_port
+  int http_port = 0;                 ///< 0 when nothing is served
   std::string http_ip = "10.0.2.2";  ///< the host as the guest sees it
   std::string qmp_socket;
   std::string serial_log;
@@ -30,8 +30,7 @@ struct Inputs {
 
 /// The whole command line after the binary, in order. Errors
 /// (Exit::dataerr) name the qemuargs entry that cannot be rendered.
-Result<std::vector<std::string>> command_line(const rapidjson::Value& builder,
-                                              const Inputs& in);
+Result<std::vector<std::string>> command_line(const rapidjson::Value& builder, const Inputs& in);
 
 /// The builder's options kiln does not implement yet, each set to something
 /// other than its default: one Error each, naming the key

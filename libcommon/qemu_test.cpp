@@ -1,8 +1,9 @@
 #define BOOST_TEST_MODULE qemu
+#include "qemu.hpp"
+
 #include <boost/test/unit_test.hpp>
 
 #include "json.hpp"
-#include "qemu.hpp"
 #include "text.hpp"
 
 using namespace kiln;
@@ -29,7 +30,8 @@ qemu::Inputs inputs() {
 
 BOOST_AUTO_TEST_CASE(defaults_follow_the_settings) {
   std::string l = line(R"({"vm_name": "web", "memory": 256, "cpus": 2, "machine_type": "q35",
-    "disk_interface": "virtio-scsi", "net_device": "e1000", "ssh_port": 2222})", inputs());
+    "disk_interface": "virtio-scsi", "net_device": "e1000", "ssh_port": 2222})",
+                       inputs());
   BOOST_TEST(l.find("-name web") != std::string::npos, l);
   BOOST_TEST(l.find("-machine type=q35,accel=tcg") != std::string::npos, l);
   BOOST_TEST(l.find("hostfwd=tcp:127.0.0.1:2345-:2222") != std::string::npos, l);
@@ -52,18 +54,21 @@ BOOST_AUTO_TEST_CASE(install_iso_and_cdroms) {
 }
 
 BOOST_AUTO_TEST_CASE(qemuargs_replace_defaults_switch_by_switch) {
-  std::string l = line(R"({"vm_name": "v", "output_directory": "/out", "net_device": "e1000", "qemuargs": [
+  std::string l =
+      line(R"({"vm_name": "v", "output_directory": "/out", "net_device": "e1000", "qemuargs": [
       ["-m", "1024M"],
       ["-kernel", "/k/vmlinuz"],
       ["-append", "console=ttyS0 ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/ks {{.Name}} {{ .OutputDir }} {{ .SSHHostPort }}"],
       ["-device", "virtio-rng-pci"],
       ["-device", "virtio-net,netdev=user.0"],
-      ["-nographic"]]})", inputs());
+      ["-nographic"]]})",
+           inputs());
   BOOST_TEST(l.find("-m 1024M") != std::string::npos, l);
   BOOST_TEST(l.find("-m 512M") == std::string::npos, l);
   BOOST_TEST(l.find("ks=http://10.0.2.2:8100/ks v /out 2345") != std::string::npos, l);
   // Both user -device entries, and no default one.
-  BOOST_TEST(l.find("-device virtio-rng-pci -device virtio-net,netdev=user.0") != std::string::npos, l);
+  BOOST_TEST(l.find("-device virtio-rng-pci -device virtio-net,netdev=user.0") != std::string::npos,
+             l);
   BOOST_TEST(l.find("e1000") == std::string::npos, l);
   BOOST_TEST(l.find("-kernel /k/vmlinuz") != std::string::npos, l);
   BOOST_TEST(l.find("-nographic") != std::string::npos, l);
@@ -72,7 +77,9 @@ BOOST_AUTO_TEST_CASE(qemuargs_replace_defaults_switch_by_switch) {
 BOOST_AUTO_TEST_CASE(unsupported_options_are_named) {
   json::Document b;
   BOOST_REQUIRE(json::parse(R"({"floppy_files": ["a"], "net_bridge": "", "firmware": "x",
-      "communicator": "winrm"})", b).ok());
+      "communicator": "winrm"})",
+                            b)
+                    .ok());
   auto errs = qemu::unsupported(b);
   BOOST_REQUIRE_EQUAL(errs.size(), 3u);
   BOOST_TEST(errs[0].message.find("floppy_files") != std::string::npos);
@@ -81,6 +88,5 @@ BOOST_AUTO_TEST_CASE(unsupported_options_are_named) {
 }
 
 BOOST_AUTO_TEST_CASE(quoting) {
-  BOOST_TEST(qemu::quoted("qemu", {"-append", "a b", "it's"}) ==
-             "qemu -append 'a b' 'it'\\''s'");
+  BOOST_TEST(qemu::quoted("qemu", {"-append", "a b", "it's"}) == "qemu -append 'a b' 'it'\\''s'");
 }

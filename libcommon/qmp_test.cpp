@@ -12,8 +12,6 @@
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 #include <boost/test/unit_test.hpp>
-
-#include "test_support.hpp"
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -22,6 +20,7 @@
 #include <thread>
 
 #include "signals.hpp"
+#include "test_support.hpp"
 
 using namespace kiln;
 using namespace std::chrono_literals;

@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: MIT
 #include "record.hpp"
 
+#include <rapidjson/pointer.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
-
-#include <rapidjson/pointer.h>
 
 #include "digest.hpp"
 #include "exit_code.hpp"
@@ -29,32 +29,28 @@ Result<std::optional<rapidjson::Document>> Reader::next() {
     rapidjson::Document doc;
     std::string where = name_ + ":" + std::to_string(line_) + ": ";
     if (!json::parse(text, doc)) {
-      std::string why = has_newline ? "not a valid JSON record"
-                                    : "truncated record (no end of line)";
+      std::string why =
+          has_newline ? "not a valid JSON record" : "truncated record (no end of line)";
       return Error(Exit::dataerr, where + why);
     }
     if (!doc.IsObject())
       return Error(Exit::dataerr,
-                   where + "a record must be a JSON object, not " +
-                       json::type_name(doc));
+                   where + "a record must be a JSON object, not " + json::type_name(doc));
     if (auto st = validate(doc); !st)
       return Error(Exit::dataerr, where + "bad record: " + st.error().message);
     return std::optional<rapidjson::Document>(std::move(doc));
   }
-  if (in_.bad())
-    return Error(Exit::ioerr, "cannot read " + name_ + ": " + std::strerror(errno));
+  if (in_.bad()) return Error(Exit::ioerr, "cannot read " + name_ + ": " + std::strerror(errno));
   return std::optional<rapidjson::Document>();
 }
 
 Status validate(const rapidjson::Value& record) {
   if (record.IsObject()) {
     auto it = record.FindMember("kiln");
-    if (it != record.MemberEnd() && it->value.IsInt() &&
-        it->value.GetInt() > kVersion)
-      return Error(Exit::dataerr,
-                   "record format " + std::to_string(it->value.GetInt()) +
-                       " is newer than this tool reads (" +
-                       std::to_string(kVersion) + "); update kiln");
+    if (it != record.MemberEnd() && it->value.IsInt() && it->value.GetInt() > kVersion)
+      return Error(Exit::dataerr, "record format " + std::to_string(it->value.GetInt()) +
+                                      " is newer than this tool reads (" +
+                                      std::to_string(kVersion) + "); update kiln");
   }
   // Sections with a schema file of their own are checked against it
   // directly first: RapidJSON cannot say which rule of a schema reached
@@ -83,10 +79,8 @@ std::string serialize(const rapidjson::Value& record, bool pretty) {
 
 Status write(std::FILE* out, const rapidjson::Value& record, bool pretty) {
   std::string line = serialize(record, pretty);
-  if (std::fwrite(line.data(), 1, line.size(), out) != line.size() ||
-      std::fflush(out) != 0)
-    return Error(Exit::ioerr,
-                 std::string("cannot write the record: ") + std::strerror(errno));
+  if (std::fwrite(line.data(), 1, line.size(), out) != line.size() || std::fflush(out) != 0)
+    return Error(Exit::ioerr, std::string("cannot write the record: ") + std::strerror(errno));
   return {};
 }
 
@@ -131,18 +125,16 @@ namespace {
 
 void put_location(rapidjson::Value& obj, const Location& where,
                   rapidjson::Document::AllocatorType& a) {
-  if (!where.file.empty())
-    obj.AddMember("file", rapidjson::Value(where.file, a), a);
+  if (!where.file.empty()) obj.AddMember("file", rapidjson::Value(where.file, a), a);
   if (where.line > 0) obj.AddMember("line", where.line, a);
   if (where.column > 0) obj.AddMember("column", where.column, a);
-  if (!where.pointer.empty())
-    obj.AddMember("pointer", rapidjson::Value(where.pointer, a), a);
+  if (!where.pointer.empty()) obj.AddMember("pointer", rapidjson::Value(where.pointer, a), a);
 }
 
 }  // namespace
 
-void set_error(rapidjson::Document& record, std::string_view tool,
-               const Error& e, std::string_view build, const Errors& extra,
+void set_error(rapidjson::Document& record, std::string_view tool, const Error& e,
+               std::string_view build, const Errors& extra,
                const std::vector<std::string>& secrets) {
   auto& a = record.GetAllocator();
   if (!record.IsObject()) record.SetObject();
@@ -154,18 +146,15 @@ void set_error(rapidjson::Document& record, std::string_view tool,
   if (code < 1 || code > 255) code = to_int(Exit::software);
   err.AddMember("exit", code, a);
   err.AddMember("code", rapidjson::Value(std::string(exit_name(e.code)), a), a);
-  err.AddMember("message",
-                rapidjson::Value(log::redact(e.message, secrets), a), a);
+  err.AddMember("message", rapidjson::Value(log::redact(e.message, secrets), a), a);
   if (!e.step.empty()) err.AddMember("step", rapidjson::Value(e.step, a), a);
-  if (!build.empty())
-    err.AddMember("build", rapidjson::Value(std::string(build), a), a);
+  if (!build.empty()) err.AddMember("build", rapidjson::Value(std::string(build), a), a);
   put_location(err, e.where, a);
   if (!extra.empty()) {
     rapidjson::Value list(rapidjson::kArrayType);
     for (const Error& x : extra) {
       rapidjson::Value item(rapidjson::kObjectType);
-      item.AddMember("message",
-                     rapidjson::Value(log::redact(x.message, secrets), a), a);
+      item.AddMember("message", rapidjson::Value(log::redact(x.message, secrets), a), a);
       put_location(item, x.where, a);
       list.PushBack(item, a);
     }
@@ -194,8 +183,7 @@ std::string build_name(const rapidjson::Value& record) {
   auto b = record.FindMember("build");
   if (b != record.MemberEnd() && b->value.IsObject()) {
     auto n = b->value.FindMember("name");
-    if (n != b->value.MemberEnd() && n->value.IsString())
-      return n->value.GetString();
+    if (n != b->value.MemberEnd() && n->value.IsString()) return n->value.GetString();
   }
   return {};
 }

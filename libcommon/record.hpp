@@ -5,13 +5,13 @@
 /// Keys a tool does not know are kept; a record with an "error" section is
 /// a failed build that downstream tools pass on untouched.
 
+#include <rapidjson/document.h>
+
 #include <istream>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <rapidjson/document.h>
 
 #include "result.hpp"
 
@@ -66,9 +66,8 @@ rapidjson::Document make_standalone(const std::string& name, const std::string& 
 /// for build `build` ("" when unknown). `extra` may list further errors
 /// found in the same pass (they go to error.errors). Messages are redacted
 /// with `secrets` before they are stored.
-void set_error(rapidjson::Document& record, std::string_view tool,
-               const Error& e, std::string_view build = {},
-               const Errors& extra = {},
+void set_error(rapidjson::Document& record, std::string_view tool, const Error& e,
+               std::string_view build = {}, const Errors& extra = {},
                const std::vector<std::string>& secrets = {});
 
 /// The values the build marks as secret (build.sensitive pointers), for a

@@ -1,10 +1,10 @@
 #define BOOST_TEST_MODULE record
-#include <boost/test/unit_test.hpp>
+#include "record.hpp"
 
+#include <boost/test/unit_test.hpp>
 #include <sstream>
 
 #include "json.hpp"
-#include "record.hpp"
 
 using namespace kiln;
 

@@ -1,15 +1,15 @@
 // SPDX-License-Identifier: MIT
 #include "schema.hpp"
 
+#include <rapidjson/pointer.h>
+#include <rapidjson/schema.h>
+#include <rapidjson/stringbuffer.h>
+
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-
-#include <rapidjson/pointer.h>
-#include <rapidjson/schema.h>
-#include <rapidjson/stringbuffer.h>
 
 #include "embedded.hpp"
 #include "json.hpp"
@@ -23,8 +23,8 @@ struct Compiled;
 /// Resolves "$ref": "build.schema.json#" among the embedded schemas.
 class Provider : public rapidjson::IRemoteSchemaDocumentProvider {
  public:
-  const rapidjson::SchemaDocument* GetRemoteDocument(
-      const char* uri, rapidjson::SizeType length) override;
+  const rapidjson::SchemaDocument* GetRemoteDocument(const char* uri,
+                                                     rapidjson::SizeType length) override;
 };
 
 struct Compiled {
@@ -51,21 +51,18 @@ const rapidjson::SchemaDocument& compiled(std::string_view name) {
   if (it != g_compiled.end()) return *it->second.schema;
   const rapidjson::Document& doc = load(name);
   Compiled c;
-  c.schema = std::make_unique<rapidjson::SchemaDocument>(doc,
-                                                         &g_provider);
-  return *g_compiled.emplace(std::string(name), std::move(c))
-              .first->second.schema;
+  c.schema = std::make_unique<rapidjson::SchemaDocument>(doc, &g_provider);
+  return *g_compiled.emplace(std::string(name), std::move(c)).first->second.schema;
 }
 
-const rapidjson::SchemaDocument* Provider::GetRemoteDocument(
-    const char* uri, rapidjson::SizeType length) {
+const rapidjson::SchemaDocument* Provider::GetRemoteDocument(const char* uri,
+                                                             rapidjson::SizeType length) {
   // RapidJSON 1.1.0 passes a length one short of the text before '#'
   // (uri still points into the whole NUL-terminated $ref string), so the
   // name is read up to the '#' here rather than trusted from `length`.
   (void)length;
   std::string_view name(uri);
-  if (auto hash = name.find('#'); hash != std::string_view::npos)
-    name = name.substr(0, hash);
+  if (auto hash = name.find('#'); hash != std::string_view::npos) name = name.substr(0, hash);
   if (!embedded::find(name)) return nullptr;
   return &compiled(name);  // g_mutex is already held by validate()
 }
@@ -89,8 +86,7 @@ std::string pointer_string(const rapidjson::Pointer& p) {
 }
 
 bool text_ends_with(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() &&
-         s.substr(s.size() - suffix.size()) == suffix;
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
 std::string explain(const rapidjson::Value* rule, std::string_view keyword) {
@@ -109,8 +105,7 @@ std::string explain(const rapidjson::Value* rule, std::string_view keyword) {
     const auto& e = (*rule)["enum"];
     for (rapidjson::SizeType i = 0; i < e.Size(); ++i)
       s += (i ? ", " : "") +
-           (e[i].IsString() ? std::string(e[i].GetString())
-                            : json::to_string(e[i]));
+           (e[i].IsString() ? std::string(e[i].GetString()) : json::to_string(e[i]));
     return s;
   }
   if (k == "required" && rule->HasMember("required")) {

@@ -3,9 +3,9 @@
 /// The JSON Schemas of schemas/, compiled into the library, and validation
 /// against them with RapidJSON's schema validator.
 
-#include <string_view>
-
 #include <rapidjson/document.h>
+
+#include <string_view>
 
 #include "result.hpp"
 

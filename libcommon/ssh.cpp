@@ -753,7 +753,6 @@ Status Session::authenticate(const std::string& user, const Credentials& cred,
   return Error(Exit::protocol, msg);
 }
 
-
 Result<int> Session::exec(const std::string& command,
                           const std::function<void(std::string_view)>& out,
                           const std::function<void(std::string_view)>& err, milliseconds timeout) {
@@ -921,8 +920,7 @@ Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
     auto state = handshake(*fd, ep, try_until);
     if (state) {
       Session session(std::move(*state));
-      const auto auth_until =
-          std::min(deadline, std::max(try_until, Clock::now() + kFirstTry));
+      const auto auth_until = std::min(deadline, std::max(try_until, Clock::now() + kFirstTry));
       st = session.authenticate(ep.user, cred,
                                 std::chrono::ceil<milliseconds>(auth_until - Clock::now()));
       if (st) return session.host_key();

@@ -23,12 +23,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/test/unit_test.hpp>
-#include <algorithm>
 #include <csignal>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -1597,8 +1597,8 @@ class BootingForwarder {
 BOOST_AUTO_TEST_CASE(wait_until_ready_is_not_held_up_by_a_connection_nobody_answers) {
   BootingForwarder booting(sshd().port(), 2000ms);
   auto start = Clock::now();
-  auto ready = ssh::wait_until_ready({"127.0.0.1", booting.port(), "root"},
-                                     key_cred(root_key()), start + 30s, [] { return Status(); });
+  auto ready = ssh::wait_until_ready({"127.0.0.1", booting.port(), "root"}, key_cred(root_key()),
+                                     start + 30s, [] { return Status(); });
   auto took = ms_since(start);
   BOOST_REQUIRE_MESSAGE(ready.ok(), (ready.ok() ? "" : ready.error().message));
   BOOST_TEST_MESSAGE("ready after " << took << " ms, " << booting.silent()

@@ -1,15 +1,14 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE sysprep
-#include <boost/test/unit_test.hpp>
-
 #include "sysprep.hpp"
 
+#include <rapidjson/document.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <boost/test/unit_test.hpp>
 #include <filesystem>
 #include <fstream>
-#include <rapidjson/document.h>
 #include <sstream>
 
 #include "process.hpp"
@@ -32,9 +31,7 @@ struct Tree {
     fs::create_directories(p.parent_path());
     std::ofstream(p) << content;
   }
-  bool exists(const std::string& rel) const {
-    return fs::exists(fs::symlink_status(root / rel));
-  }
+  bool exists(const std::string& rel) const { return fs::exists(fs::symlink_status(root / rel)); }
   std::uintmax_t size(const std::string& rel) const { return fs::file_size(root / rel); }
 
   Tree() {
@@ -221,8 +218,8 @@ BOOST_AUTO_TEST_CASE(every_operation_on_a_tree) {
       BOOST_TEST(t.exists("etc/dropbear/README"));
 
       // logs: live ones emptied with their mode, old ones and the journal gone.
-      for (const char* live : {"var/log/syslog", "var/log/Xorg.0.log", "var/log/apt/history.log",
-                               "var/log/wtmp"}) {
+      for (const char* live :
+           {"var/log/syslog", "var/log/Xorg.0.log", "var/log/apt/history.log", "var/log/wtmp"}) {
         BOOST_TEST(t.exists(live), live);
         BOOST_TEST(t.size(live) == 0u, live);
       }
@@ -236,9 +233,9 @@ BOOST_AUTO_TEST_CASE(every_operation_on_a_tree) {
       BOOST_TEST(fs::file_size(t.outside / "keep.log") > 0u);  // a link is not followed
 
       // shell-history
-      for (const char* h : {"root/.bash_history", "home/alice/.ash_history",
-                            "home/alice/.zsh_history", "home/alice/.python_history",
-                            "home/bob/.local/share/fish/fish_history"})
+      for (const char* h :
+           {"root/.bash_history", "home/alice/.ash_history", "home/alice/.zsh_history",
+            "home/alice/.python_history", "home/bob/.local/share/fish/fish_history"})
         BOOST_TEST(!t.exists(h), h);
       for (const char* kept : {"root/.profile", "home/alice/notes.txt", "home/bob/.bashrc"})
         BOOST_TEST(t.exists(kept), kept);

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <tuple>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -16,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "atomic_file.hpp"
 #include "digest.hpp"
@@ -135,8 +135,7 @@ class Loader {
   void warning(const std::string& pointer, std::string message) {
     Error e(Exit::dataerr, std::move(message), map_.locate(pointer));
     for (const Error& seen : out_.warnings)
-      if (seen.message == e.message && seen.where.pointer == e.where.pointer)
-        return;
+      if (seen.message == e.message && seen.where.pointer == e.where.pointer) return;
     out_.warnings.push_back(std::move(e));
   }
   void fail_input(Error e) {
@@ -150,10 +149,10 @@ class Loader {
   void collect_builders();
   void collect_provisioners();
   void collect_post_processors();
-  bool check_plugin_object(const Value& v, const std::string& pointer,
-                           const char* kind, Plugin& out);
-  void check_run_list(Value& obj, const std::string& pointer,
-                      const std::string& label, bool strict);
+  bool check_plugin_object(const Value& v, const std::string& pointer, const char* kind,
+                           Plugin& out);
+  void check_run_list(Value& obj, const std::string& pointer, const std::string& label,
+                      bool strict);
   bool read_user_variables();
   void resolve_variables();
   void check_min_version();
@@ -162,18 +161,15 @@ class Loader {
 
   // --- normalization ---------------------------------------------------
   tmpl::Context context(const Builder* b) const;
-  void interpolate(Value& v, const std::string& pointer, const tmpl::Context& c,
-                   Alloc& a);
-  std::optional<Value> normalize(rules::Kind kind, const Plugin& p,
-                                 const Builder& b, Alloc& a,
+  void interpolate(Value& v, const std::string& pointer, const tmpl::Context& c, Alloc& a);
+  std::optional<Value> normalize(rules::Kind kind, const Plugin& p, const Builder& b, Alloc& a,
                                  const Value* override_obj = nullptr,
                                  const std::string& override_ptr = {});
-  void coerce(Value& v, const Value& prop, const std::string& pointer,
-              const std::string& key, Alloc& a);
+  void coerce(Value& v, const Value& prop, const std::string& pointer, const std::string& key,
+              Alloc& a);
   bool applies(const Value& obj, const std::string& build) const;
   bool excluded_post_processor(const Plugin& p) const;
-  void mark_sensitive(Value& v, const std::string& pointer,
-                      Value& list, Alloc& a) const;
+  void mark_sensitive(Value& v, const std::string& pointer, Value& list, Alloc& a) const;
   std::string unknown_type(const std::string& kind, const std::string& type) const;
 
   const Value& definition(const std::string& kind, const std::string& type) const;
@@ -202,8 +198,7 @@ class Loader {
   std::string pwd_;
 };
 
-const Value& Loader::definition(const std::string& kind,
-                                const std::string& type) const {
+const Value& Loader::definition(const std::string& kind, const std::string& type) const {
   static const Value kNull;
   const auto& defs = schema::document(kSchema)["definitions"];
   auto it = defs.FindMember((kind + "." + type).c_str());
@@ -262,8 +257,7 @@ bool Loader::read_template() {
   }
   for (Error& d : dups) out_.errors.push_back(std::move(d));
   if (!doc_.IsObject()) {
-    error("", std::string("a template must be a JSON object, not ") +
-                  json::type_name(doc_));
+    error("", std::string("a template must be a JSON object, not ") + json::type_name(doc_));
     return false;
   }
   return true;
@@ -283,17 +277,16 @@ void Loader::check_root() {
     std::string key = it->name.GetString();
     if (text::starts_with(key, "_")) {
       if (!it->value.IsString())
-        error(json::child("", key), "comment \"" + key +
-                                        "\" must be a string (keys starting with _ are comments)");
+        error(json::child("", key),
+              "comment \"" + key + "\" must be a string (keys starting with _ are comments)");
       continue;
     }
     if (std::find(known.begin(), known.end(), key) != known.end()) continue;
     std::string canonical;
     for (const std::string& k : known)
       if (text::iequals(k, key) && !doc_.HasMember(k.c_str())) canonical = k;
-    if (!canonical.empty() &&
-        std::none_of(renames.begin(), renames.end(),
-                     [&](const auto& r) { return r.second == canonical; })) {
+    if (!canonical.empty() && std::none_of(renames.begin(), renames.end(),
+                                           [&](const auto& r) { return r.second == canonical; })) {
       renames.emplace_back(key, canonical);
       continue;
     }
@@ -310,9 +303,8 @@ void Loader::check_root() {
   auto check_string = [&](const char* key) {
     auto it = doc_.FindMember(key);
     if (it != doc_.MemberEnd() && !it->value.IsString())
-      error(json::child("", key), std::string("\"") + key +
-                                      "\" must be a string, not " +
-                                      json::type_name(it->value));
+      error(json::child("", key),
+            std::string("\"") + key + "\" must be a string, not " + json::type_name(it->value));
   };
   check_string("description");
   check_string("min_packer_version");
@@ -320,8 +312,8 @@ void Loader::check_root() {
   // Variables: an object of string or null defaults.
   if (auto it = doc_.FindMember("variables"); it != doc_.MemberEnd()) {
     if (!it->value.IsObject()) {
-      error("/variables", std::string("\"variables\" must be an object, not ") +
-                              json::type_name(it->value));
+      error("/variables",
+            std::string("\"variables\" must be an object, not ") + json::type_name(it->value));
     } else {
       for (auto v = it->value.MemberBegin(); v != it->value.MemberEnd(); ++v) {
         std::string name = v->name.GetString();
@@ -356,23 +348,21 @@ void Loader::check_root() {
   }
 }
 
-std::string Loader::unknown_type(const std::string& kind,
-                                 const std::string& type) const {
+std::string Loader::unknown_type(const std::string& kind, const std::string& type) const {
   auto known = known_types(kind);
-  std::string msg = "unknown " + kind + " type \"" + type +
-                    "\"; known types: " + text::join(known, ", ");
+  std::string msg =
+      "unknown " + kind + " type \"" + type + "\"; known types: " + text::join(known, ", ");
   std::string hint = text::suggest(type, known);
   if (!hint.empty()) msg += "; did you mean \"" + hint + "\"?";
   return msg;
 }
 
-bool Loader::check_plugin_object(const Value& v, const std::string& pointer,
-                                 const char* kind, Plugin& out) {
+bool Loader::check_plugin_object(const Value& v, const std::string& pointer, const char* kind,
+                                 Plugin& out) {
   out.pointer = pointer;
   out.raw = &v;
   if (!v.IsObject()) {
-    error(pointer, std::string("a ") + kind + " must be an object, not " +
-                       json::type_name(v));
+    error(pointer, std::string("a ") + kind + " must be an object, not " + json::type_name(v));
     return false;
   }
   auto t = v.FindMember("type");
@@ -398,13 +388,12 @@ void Loader::collect_builders() {
   auto it = doc_.FindMember("builders");
   if (it == doc_.MemberEnd() || (it->value.IsArray() && it->value.Empty())) {
     if (req_.syntax_only) return;  // Packer checks this after parsing
-    error(it == doc_.MemberEnd() ? "" : "/builders",
-          "at least one builder must be defined");
+    error(it == doc_.MemberEnd() ? "" : "/builders", "at least one builder must be defined");
     return;
   }
   if (!it->value.IsArray()) {
-    error("/builders", std::string("\"builders\" must be an array, not ") +
-                           json::type_name(it->value));
+    error("/builders",
+          std::string("\"builders\" must be an array, not ") + json::type_name(it->value));
     return;
   }
   std::set<std::string> names;
@@ -422,16 +411,16 @@ void Loader::collect_builders() {
     }
     b.plugin.label = "builder '" + b.name + "'";
     if (!names.insert(b.name).second) {
-      error(ptr, "builder " + std::to_string(i + 1) + ": a builder named '" +
-                     b.name + "' already exists; give each a unique \"name\"");
+      error(ptr, "builder " + std::to_string(i + 1) + ": a builder named '" + b.name +
+                     "' already exists; give each a unique \"name\"");
       continue;
     }
     builders_.push_back(std::move(b));
   }
 }
 
-void Loader::check_run_list(Value& obj, const std::string& pointer,
-                            const std::string& label, bool strict) {
+void Loader::check_run_list(Value& obj, const std::string& pointer, const std::string& label,
+                            bool strict) {
   bool has_only = false, has_except = false;
   for (const char* key : {"only", "except"}) {
     auto it = obj.FindMember(key);
@@ -456,8 +445,8 @@ void Loader::check_run_list(Value& obj, const std::string& pointer,
       bool found = std::any_of(builders_.begin(), builders_.end(),
                                [&](const Builder& b) { return b.name == n.GetString(); });
       if (!found)
-        error(json::child(ptr, i), label + ": \"" + key + "\" names build '" +
-                                       n.GetString() + "', which does not exist");
+        error(json::child(ptr, i), label + ": \"" + key + "\" names build '" + n.GetString() +
+                                       "', which does not exist");
     }
   }
   (void)has_only;
@@ -468,8 +457,8 @@ void Loader::collect_provisioners() {
   auto it = doc_.FindMember("provisioners");
   if (it != doc_.MemberEnd()) {
     if (!it->value.IsArray()) {
-      error("/provisioners", std::string("\"provisioners\" must be an array, not ") +
-                                 json::type_name(it->value));
+      error("/provisioners",
+            std::string("\"provisioners\" must be an array, not ") + json::type_name(it->value));
     } else {
       for (rapidjson::SizeType i = 0; i < it->value.Size(); ++i) {
         Plugin p;
@@ -489,8 +478,7 @@ void Loader::collect_provisioners() {
                                        [&](const Builder& b) { return b.name == bname; });
               if (!found)
                 error(json::child(optr, bname),
-                      p.label + ": \"override\" names build '" + bname +
-                          "', which does not exist");
+                      p.label + ": \"override\" names build '" + bname + "', which does not exist");
               if (!m->value.IsObject())
                 error(json::child(optr, bname),
                       p.label + ": an override must be an object of settings");
@@ -515,8 +503,8 @@ void Loader::collect_post_processors() {
   auto it = doc_.FindMember("post-processors");
   if (it == doc_.MemberEnd()) return;
   if (!it->value.IsArray()) {
-    error("/post-processors", std::string("\"post-processors\" must be an array, not ") +
-                                  json::type_name(it->value));
+    error("/post-processors",
+          std::string("\"post-processors\" must be an array, not ") + json::type_name(it->value));
     return;
   }
   auto step = [&](const Value& v, const std::string& ptr, const std::string& label,
@@ -554,8 +542,7 @@ void Loader::collect_post_processors() {
     std::string label = "post-processor " + std::to_string(i + 1);
     if (v.IsArray()) {
       for (rapidjson::SizeType j = 0; j < v.Size(); ++j)
-        step(v[j], json::child(ptr, j),
-             label + "." + std::to_string(j + 1), chain);
+        step(v[j], json::child(ptr, j), label + "." + std::to_string(j + 1), chain);
     } else {
       step(v, ptr, label, chain);
     }
@@ -611,7 +598,8 @@ bool Loader::read_user_variables() {
       std::string name = m->name.GetString();
       if (!m->value.IsString()) {
         out_.errors.push_back(Error(Exit::dataerr,
-                                    "variable \"" + name + "\" in a var file must be a string, not " +
+                                    "variable \"" + name +
+                                        "\" in a var file must be a string, not " +
                                         json::type_name(m->value),
                                     vmap.locate(json::child("", name))));
         ok = false;
@@ -629,8 +617,9 @@ void Loader::resolve_variables() {
   for (const auto& [name, value] : given_) {
     pending[name] = value;
     if (!declared_.count(name))
-      warning("/variables", "variable \"" + name +
-                                "\" was given on the command line but is not declared in the template");
+      warning("/variables",
+              "variable \"" + name +
+                  "\" was given on the command line but is not declared in the template");
   }
   for (const auto& [name, def] : declared_)
     if (!def && !given_.count(name))
@@ -664,8 +653,7 @@ void Loader::resolve_variables() {
     if (!progress) break;
   }
   for (const auto& [name, e] : failures)
-    error(json::child("/variables", name),
-          "variable \"" + name + "\": " + e.message);
+    error(json::child("/variables", name), "variable \"" + name + "\": " + e.message);
   vars_ = std::move(done);
   for (const std::string& s : sensitive_names_)
     if (auto it = vars_.find(s); it != vars_.end() && !it->second.empty())
@@ -682,16 +670,14 @@ void Loader::check_min_version() {
     return;
   }
   if (compare_versions(kPackerVersion, v) < 0)
-    error("/min_packer_version",
-          "this template requires Packer version " + v +
-              " or higher; kiln implements Packer " + kPackerVersion);
+    error("/min_packer_version", "this template requires Packer version " + v +
+                                     " or higher; kiln implements Packer " + kPackerVersion);
 }
 
 bool Loader::selected(const std::string& name) const {
   auto matches = [&](const std::vector<std::string>& pats) {
-    return std::any_of(pats.begin(), pats.end(), [&](const std::string& p) {
-      return text::glob_match(p, name);
-    });
+    return std::any_of(pats.begin(), pats.end(),
+                       [&](const std::string& p) { return text::glob_match(p, name); });
   };
   if (!req_.only.empty() && !matches(req_.only)) return false;
   if (!req_.except.empty() && matches(req_.except)) return false;
@@ -719,8 +705,7 @@ tmpl::Context Loader::context(const Builder* b) const {
   return c;
 }
 
-void Loader::interpolate(Value& v, const std::string& pointer,
-                         const tmpl::Context& c, Alloc& a) {
+void Loader::interpolate(Value& v, const std::string& pointer, const tmpl::Context& c, Alloc& a) {
   json::for_each_string(v, pointer, [&](Value& str, const std::string& ptr) {
     std::string_view s(str.GetString(), str.GetStringLength());
     if (!tmpl::has_actions(s)) return;
@@ -733,8 +718,8 @@ void Loader::interpolate(Value& v, const std::string& pointer,
   });
 }
 
-void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
-                    const std::string& key, Alloc& a) {
+void Loader::coerce(Value& v, const Value& prop, const std::string& pointer, const std::string& key,
+                    Alloc& a) {
   auto tit = prop.FindMember("type");
   if (tit == prop.MemberEnd()) return;
   std::vector<std::string> types;
@@ -752,18 +737,16 @@ void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
     format = f->value.GetString();
 
   // A value already of an allowed JSON type needs no conversion.
-  bool fits = (v.IsString() && allows("string")) ||
-              (v.IsBool() && allows("boolean")) ||
+  bool fits = (v.IsString() && allows("string")) || (v.IsBool() && allows("boolean")) ||
               ((v.IsInt64() || v.IsUint64()) && (allows("integer") || allows("number"))) ||
-              (v.IsNumber() && allows("number")) ||
-              (v.IsArray() && allows("array")) ||
+              (v.IsNumber() && allows("number")) || (v.IsArray() && allows("array")) ||
               (v.IsObject() && allows("object"));
   std::string type = types.empty() ? "" : types.front();
   if (!fits && types.size() == 1) {
     std::string bad = "\"" + key + "\": expected " +
-                      (type == "array" ? std::string("a list")
-                                       : type == "object" ? std::string("an object")
-                                                          : "a " + type) +
+                      (type == "array"    ? std::string("a list")
+                       : type == "object" ? std::string("an object")
+                                          : "a " + type) +
                       ", got " + json::type_name(v) + " " + shown(v);
     if (type == "string") {
       auto s = weak_string(v);
@@ -780,21 +763,18 @@ void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
           v.SetInt(0);
         } else if (type == "integer") {
           if (std::isspace(static_cast<unsigned char>(s[0])))
-            return error(pointer, "\"" + key + "\": cannot parse " + shown(v) +
-                                      " as an integer");
+            return error(pointer, "\"" + key + "\": cannot parse " + shown(v) + " as an integer");
           char* end = nullptr;
           errno = 0;
           long long n = std::strtoll(s.c_str(), &end, 0);
           if (*end != '\0' || errno == ERANGE)
-            return error(pointer, "\"" + key + "\": cannot parse " + shown(v) +
-                                      " as an integer");
+            return error(pointer, "\"" + key + "\": cannot parse " + shown(v) + " as an integer");
           v.SetInt64(n);
         } else {
           char* end = nullptr;
           double d = std::strtod(s.c_str(), &end);
           if (*end != '\0')
-            return error(pointer, "\"" + key + "\": cannot parse " + shown(v) +
-                                      " as a number");
+            return error(pointer, "\"" + key + "\": cannot parse " + shown(v) + " as a number");
           v.SetDouble(d);
         }
       } else {
@@ -812,8 +792,7 @@ void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
         else if (no.count(s))
           v.SetBool(false);
         else
-          return error(pointer, "\"" + key + "\": cannot parse " + shown(v) +
-                                    " as a boolean");
+          return error(pointer, "\"" + key + "\": cannot parse " + shown(v) + " as a boolean");
       } else {
         return error(pointer, bad);
       }
@@ -837,14 +816,14 @@ void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
     }
   } else if (!fits) {
     std::string want = text::join(types, " or ");
-    return error(pointer, "\"" + key + "\": expected " + want + ", got " +
-                              json::type_name(v) + " " + shown(v));
+    return error(pointer, "\"" + key + "\": expected " + want + ", got " + json::type_name(v) +
+                              " " + shown(v));
   }
 
   // Elements and members.
   if (v.IsArray()) {
-    if (auto items = prop.FindMember("items"); items != prop.MemberEnd() &&
-                                               items->value.IsObject()) {
+    if (auto items = prop.FindMember("items");
+        items != prop.MemberEnd() && items->value.IsObject()) {
       for (rapidjson::SizeType i = 0; i < v.Size(); ++i)
         coerce(v[i], items->value, json::child(pointer, i), key, a);
     }
@@ -875,8 +854,7 @@ void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
     v.SetDouble(v.GetDouble() / 1e9);
   } else if (format == "path" && v.IsString()) {
     std::string s = v.GetString();
-    if (!s.empty() && s.find("://") == std::string::npos && s[0] != '/' &&
-        !tmpl::has_actions(s)) {
+    if (!s.empty() && s.find("://") == std::string::npos && s[0] != '/' && !tmpl::has_actions(s)) {
       v.SetString((fs::path(dir_) / s).lexically_normal().string(), a);
     }
   }
@@ -889,8 +867,8 @@ void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
       std::vector<std::string> names;
       for (const auto& allowed : e->value.GetArray())
         names.push_back(allowed.IsString() ? allowed.GetString() : json::to_string(allowed));
-      std::string msg = "\"" + key + "\": " + shown(v) + " is not one of " +
-                        text::join(names, ", ");
+      std::string msg =
+          "\"" + key + "\": " + shown(v) + " is not one of " + text::join(names, ", ");
       if (v.IsString()) {
         std::string hint = text::suggest(v.GetString(), names);
         if (!hint.empty()) msg += "; did you mean \"" + hint + "\"?";
@@ -900,9 +878,8 @@ void Loader::coerce(Value& v, const Value& prop, const std::string& pointer,
   }
 }
 
-std::optional<Value> Loader::normalize(rules::Kind kind, const Plugin& p,
-                                       const Builder& b, Alloc& a,
-                                       const Value* override_obj,
+std::optional<Value> Loader::normalize(rules::Kind kind, const Plugin& p, const Builder& b,
+                                       Alloc& a, const Value* override_obj,
                                        const std::string& override_ptr) {
   std::string kind_key = kind == rules::Kind::builder       ? "builder"
                          : kind == rules::Kind::provisioner ? "provisioner"
@@ -997,8 +974,7 @@ std::optional<Value> Loader::normalize(rules::Kind kind, const Plugin& p,
                           : "";
     auto slash = key.find('/');
     if (slash != std::string::npos) key = key.substr(0, slash);
-    std::string ptr = (!key.empty() && origin.count(key)) ? origin[key]
-                                                          : e.where.pointer;
+    std::string ptr = (!key.empty() && origin.count(key)) ? origin[key] : e.where.pointer;
     std::string msg = e.message;
     if (!text::starts_with(msg, p.label)) msg = p.label + ": " + msg;
     return std::make_pair(ptr, msg);
@@ -1037,14 +1013,12 @@ bool Loader::applies(const Value& obj, const std::string& build) const {
     return false;
   };
   auto only = obj.FindMember("only");
-  if (only != obj.MemberEnd() && only->value.IsArray() && !only->value.Empty() &&
-      !has("only"))
+  if (only != obj.MemberEnd() && only->value.IsArray() && !only->value.Empty() && !has("only"))
     return false;
   return !has("except");
 }
 
-void Loader::mark_sensitive(Value& v, const std::string& pointer,
-                            Value& list, Alloc& a) const {
+void Loader::mark_sensitive(Value& v, const std::string& pointer, Value& list, Alloc& a) const {
   json::for_each_string(v, pointer, [&](Value& str, const std::string& ptr) {
     std::string_view s(str.GetString(), str.GetStringLength());
     for (const std::string& secret : out_.secrets) {
@@ -1068,15 +1042,13 @@ void Loader::make_build(const Builder& b) {
     if (!applies(*p.raw, b.name)) continue;
     const Value* ov = nullptr;
     std::string optr;
-    if (auto o = p.raw->FindMember("override"); o != p.raw->MemberEnd() &&
-                                                o->value.IsObject()) {
+    if (auto o = p.raw->FindMember("override"); o != p.raw->MemberEnd() && o->value.IsObject()) {
       if (auto m = o->value.FindMember(b.name.c_str()); m != o->value.MemberEnd()) {
         ov = &m->value;
         optr = json::child(json::child(p.pointer, "override"), b.name);
       }
     }
-    if (auto v = normalize(rules::Kind::provisioner, p, b, a, ov, optr))
-      provs.PushBack(*v, a);
+    if (auto v = normalize(rules::Kind::provisioner, p, b, a, ov, optr)) provs.PushBack(*v, a);
   }
   Value cleanup(rapidjson::kNullType);
   if (cleanup_) {
@@ -1088,8 +1060,7 @@ void Loader::make_build(const Builder& b) {
     for (const Plugin& p : chain) {
       if (p.raw && !applies(*p.raw, b.name)) continue;
       if (excluded_post_processor(p)) continue;
-      if (auto v = normalize(rules::Kind::post_processor, p, b, a))
-        steps.PushBack(*v, a);
+      if (auto v = normalize(rules::Kind::post_processor, p, b, a)) steps.PushBack(*v, a);
     }
     if (!steps.Empty()) chains.PushBack(steps, a);
   }
@@ -1104,7 +1075,8 @@ void Loader::make_build(const Builder& b) {
       formats.emplace_back(f->value.GetString());
     if (auto f = builder->FindMember("formats"); f != builder->MemberEnd() && f->value.IsArray())
       for (const auto& x : f->value.GetArray())
-        if (x.IsString() && std::find(formats.begin(), formats.end(), x.GetString()) == formats.end())
+        if (x.IsString() &&
+            std::find(formats.begin(), formats.end(), x.GetString()) == formats.end())
           formats.emplace_back(x.GetString());
     for (const std::string& f : formats) captures.PushBack(Value(f, a), a);
   }
@@ -1146,8 +1118,8 @@ void Loader::make_build(const Builder& b) {
   build.AddMember("sensitive", marks, a);
 
   if (auto st = schema::validate(build, "build.schema.json"); !st) {
-    Error e(Exit::software, "internal error: the normalized build breaks build.schema.json: " +
-                                st.error().message);
+    Error e(Exit::software,
+            "internal error: the normalized build breaks build.schema.json: " + st.error().message);
     out_.errors.push_back(std::move(e));
     out_.exit = Exit::software;
     return;
@@ -1190,13 +1162,12 @@ void Loader::run() {
     make_build(b);
   }
   for (const std::string& n : undeclared_used_)
-    warning("/variables", "user variable \"" + n +
-                              "\" is used but not declared; it is empty");
+    warning("/variables", "user variable \"" + n + "\" is used but not declared; it is empty");
   if (!any && !builders_.empty()) {
     std::vector<std::string> names;
     for (const Builder& b : builders_) names.push_back(b.name);
-    warning("/builders", "no build matches -only/-except; the builds are: " +
-                             text::join(names, ", "));
+    warning("/builders",
+            "no build matches -only/-except; the builds are: " + text::join(names, ", "));
   }
   if (!out_.errors.empty()) {
     if (out_.exit == Exit::ok) out_.exit = Exit::dataerr;

@@ -4,13 +4,13 @@
 /// provisioner and post-processor checked against schemas/template.schema.json
 /// and Packer's per-type rules, and turned into normalized build sections.
 
+#include <rapidjson/document.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <rapidjson/document.h>
 
 #include "json.hpp"
 #include "result.hpp"
@@ -35,7 +35,7 @@ struct Request {
   std::vector<std::string> except;  ///< names or globs
   bool syntax_only = false;
   std::string on_error = "cleanup";
-  bool force = false;  ///< Packer's -force: existing outputs may be replaced
+  bool force = false;          ///< Packer's -force: existing outputs may be replaced
   std::int64_t timestamp = 0;  ///< unix seconds; fixed for the whole run
   /// The template's text, when the caller has it already (tests, fuzzing);
   /// `path` then only names it.

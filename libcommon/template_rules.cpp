@@ -174,11 +174,16 @@ bool hex_decode(std::string_view s, size_t& bytes, std::string& err) {
 // go-getter guesses a bare checksum's type from its length.
 std::string type_for_length(size_t bytes) {
   switch (bytes) {
-    case 16: return "md5";
-    case 20: return "sha1";
-    case 32: return "sha256";
-    case 64: return "sha512";
-    default: return "";
+    case 16:
+      return "md5";
+    case 20:
+      return "sha1";
+    case 32:
+      return "sha256";
+    case 64:
+      return "sha512";
+    default:
+      return "";
   }
 }
 
@@ -644,11 +649,16 @@ std::optional<int64_t> disk_size_mib(const std::string& text) {
   if (s.size() > 15) return std::nullopt;  // past any disk qemu-img makes
   const auto n = static_cast<int64_t>(std::stoll(s));
   switch (unit) {
-    case 'b': return (n + (int64_t{1} << 20) - 1) >> 20;
-    case 'k': return (n + 1023) >> 10;
-    case 'm': return n;
-    case 'g': return n << 10;
-    default: return n << 20;
+    case 'b':
+      return (n + (int64_t{1} << 20) - 1) >> 20;
+    case 'k':
+      return (n + 1023) >> 10;
+    case 'm':
+      return n;
+    case 'g':
+      return n << 10;
+    default:
+      return n << 20;
   }
 }
 

@@ -4,11 +4,11 @@
 /// (what Packer's Prepare() checks and fills in), applied to one plugin
 /// configuration after interpolation and type coercion.
 
+#include <rapidjson/document.h>
+
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <rapidjson/document.h>
 
 #include "result.hpp"
 

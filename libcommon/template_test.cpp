@@ -1,12 +1,12 @@
 #define BOOST_TEST_MODULE template
-#include <boost/test/unit_test.hpp>
+#include "template.hpp"
 
 #include <unistd.h>
 
+#include <boost/test/unit_test.hpp>
 #include <filesystem>
 
 #include "json.hpp"
-#include "template.hpp"
 
 using namespace kiln;
 namespace fs = std::filesystem;

@@ -10,8 +10,6 @@
 
 #include "template_text.hpp"
 
-#include "text.hpp"
-
 #include <locale.h>
 #include <wctype.h>
 
@@ -30,6 +28,7 @@
 
 #include "digest.hpp"
 #include "gotime.hpp"
+#include "text.hpp"
 
 namespace kiln::tmpl {
 namespace {
@@ -57,9 +56,7 @@ struct Rune {
 // invalid or short sequence yields U+FFFD with size 1.
 Rune decode_rune(std::string_view s, std::size_t i) {
   if (i >= s.size()) return {kRuneError, 0};
-  const auto byte = [&](std::size_t k) {
-    return static_cast<unsigned char>(s[i + k]);
-  };
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
   const unsigned char c0 = byte(0);
   if (c0 < 0x80) return {c0, 1};
   unsigned char lo = 0x80;
@@ -90,9 +87,7 @@ Rune decode_rune(std::string_view s, std::size_t i) {
   return {value, len};
 }
 
-bool valid_rune(std::int64_t r) {
-  return r >= 0 && r <= kMaxRune && !(r >= 0xD800 && r <= 0xDFFF);
-}
+bool valid_rune(std::int64_t r) { return r >= 0 && r <= kMaxRune && !(r >= 0xD800 && r <= 0xDFFF); }
 
 void encode_rune(char32_t r, std::string& out) {
   if (!valid_rune(r)) r = kRuneError;
@@ -165,8 +160,7 @@ constexpr std::string_view kUpperHex = "0123456789ABCDEF";
 
 void append_hex(std::string& out, std::uint32_t v, int digits,
                 std::string_view alphabet = kLowerHex) {
-  for (int shift = (digits - 1) * 4; shift >= 0; shift -= 4)
-    out += alphabet[(v >> shift) & 0xF];
+  for (int shift = (digits - 1) * 4; shift >= 0; shift -= 4) out += alphabet[(v >> shift) & 0xF];
 }
 
 void append_quoted_rune(std::string& out, char32_t r, char quote) {
@@ -236,8 +230,7 @@ std::string go_quote(std::string_view s) {
 // strconv.QuoteRune, for %q of an integer.
 std::string go_quote_rune(std::int64_t r) {
   std::string out = "'";
-  append_quoted_rune(out, valid_rune(r) ? static_cast<char32_t>(r) : kRuneError,
-                     '\'');
+  append_quoted_rune(out, valid_rune(r) ? static_cast<char32_t>(r) : kRuneError, '\'');
   out += '\'';
   return out;
 }
@@ -379,9 +372,7 @@ const FuncSpec* find_function(std::string_view name) {
   return nullptr;
 }
 
-Param param_type(const FuncSpec& f, std::size_t i) {
-  return i < f.fixed ? f.params[i] : f.rest;
-}
+Param param_type(const FuncSpec& f, std::size_t i) { return i < f.fixed ? f.params[i] : f.rest; }
 
 // ---------------------------------------------------------------------------
 // Positions in messages.
@@ -437,15 +428,13 @@ struct Token {
   std::size_t end = 0;  // one past the last byte; text tokens are trimmed
 };
 
-bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
+bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
-constexpr std::array<std::string_view, 11> kKeywords = {
-    "if",       "else",  "end", "range", "with",    "define",
-    "template", "block", "nil", "break", "continue"};
+constexpr std::array<std::string_view, 11> kKeywords = {"if",   "else",   "end",      "range",
+                                                        "with", "define", "template", "block",
+                                                        "nil",  "break",  "continue"};
 
 class Lexer {
  public:
@@ -457,24 +446,19 @@ class Lexer {
     while (true) {
       const std::size_t open = src_.find("{{", pos);
       std::size_t text_begin = pos;
-      std::size_t text_end =
-          open == std::string_view::npos ? src_.size() : open;
+      std::size_t text_end = open == std::string_view::npos ? src_.size() : open;
       if (trim_leading)
-        while (text_begin < text_end && is_space(src_[text_begin]))
-          ++text_begin;
-      const bool trim_trailing =
-          open != std::string_view::npos && left_trim_at(open + 2);
+        while (text_begin < text_end && is_space(src_[text_begin])) ++text_begin;
+      const bool trim_trailing = open != std::string_view::npos && left_trim_at(open + 2);
       if (trim_trailing)
-        while (text_end > text_begin && is_space(src_[text_end - 1]))
-          --text_end;
+        while (text_end > text_begin && is_space(src_[text_end - 1])) --text_end;
       if (text_end > text_begin) emit(Tok::kText, text_begin, text_end);
       if (open == std::string_view::npos) break;
 
       const std::size_t inner = open + 2 + (trim_trailing ? 2 : 0);
       if (src_.substr(inner).starts_with("/*")) {
         const std::size_t close = src_.find("*/", inner + 2);
-        if (close == std::string_view::npos)
-          return error_at(src_, open, "unclosed comment");
+        if (close == std::string_view::npos) return error_at(src_, open, "unclosed comment");
         const std::size_t after = close + 2;
         if (right_trim_at(after)) {
           trim_leading = true;
@@ -508,12 +492,10 @@ class Lexer {
     return i + 1 < src_.size() && src_[i] == '-' && is_space(src_[i + 1]);
   }
   bool right_trim_at(std::size_t i) const {
-    return i + 4 <= src_.size() && is_space(src_[i]) && src_[i + 1] == '-' &&
-           src_[i + 2] == '}' && src_[i + 3] == '}';
+    return i + 4 <= src_.size() && is_space(src_[i]) && src_[i + 1] == '-' && src_[i + 2] == '}' &&
+           src_[i + 3] == '}';
   }
-  bool right_delim_at(std::size_t i) const {
-    return src_.substr(i).starts_with("}}");
-  }
+  bool right_delim_at(std::size_t i) const { return src_.substr(i).starts_with("}}"); }
 
   // Letters (Unicode ones too), digits and '_', as Go's isAlphaNumeric.
   std::size_t alnum_size(std::size_t i) const {
@@ -554,8 +536,7 @@ class Lexer {
     const Rune r = decode_rune(src_, i);
     std::string out = "U+";
     append_hex(out, r.value, r.value > 0xFFFF ? 6 : 4, kUpperHex);
-    if (unicode().printable(r.value) &&
-        !(r.value == kRuneError && r.size == 1)) {
+    if (unicode().printable(r.value) && !(r.value == kRuneError && r.size == 1)) {
       out += " '";
       encode_rune(r.value, out);
       out += '\'';
@@ -603,8 +584,7 @@ class Lexer {
     return i;
   }
 
-  Status lex_action(std::size_t open, std::size_t i, std::size_t& next,
-                    bool& trim_leading) {
+  Status lex_action(std::size_t open, std::size_t i, std::size_t& next, bool& trim_leading) {
     int depth = 0;
     const std::size_t n = src_.size();
     while (true) {
@@ -635,14 +615,12 @@ class Lexer {
         case '(':
           if (++depth > kMaxDepth)
             return error_at(src_, open,
-                            "parentheses nested more than " +
-                                std::to_string(kMaxDepth) + " deep");
+                            "parentheses nested more than " + std::to_string(kMaxDepth) + " deep");
           emit(Tok::kLeftParen, i, i + 1);
           ++i;
           continue;
         case ')':
-          if (depth == 0)
-            return error_at(src_, open, "unexpected right paren U+0029 ')'");
+          if (depth == 0) return error_at(src_, open, "unexpected right paren U+0029 ')'");
           --depth;
           emit(Tok::kRightParen, i, i + 1);
           ++i;
@@ -652,9 +630,9 @@ class Lexer {
           ++i;
           while (true) {
             if (i >= n || src_[i] == '\n')
-              return error_at(src_, open,
-                              c == '"' ? "unterminated quoted string"
-                                       : "unterminated character constant");
+              return error_at(
+                  src_, open,
+                  c == '"' ? "unterminated quoted string" : "unterminated character constant");
             const char d = src_[i++];
             if (d == c) break;
             if (d == '\\' && i < n && src_[i] != '\n') ++i;
@@ -672,8 +650,7 @@ class Lexer {
         }
         case '$':
           i = scan_alnum(i + 1);
-          if (!terminator_at(i))
-            return error_at(src_, open, "bad character " + describe_char(i));
+          if (!terminator_at(i)) return error_at(src_, open, "bad character " + describe_char(i));
           emit(Tok::kVariable, start, i);
           continue;
         case ':':
@@ -695,8 +672,7 @@ class Lexer {
             continue;
           }
           i = scan_alnum(i + 1);
-          if (!terminator_at(i))
-            return error_at(src_, open, "bad character " + describe_char(i));
+          if (!terminator_at(i)) return error_at(src_, open, "bad character " + describe_char(i));
           emit(Tok::kField, start, i);
           continue;
         default:
@@ -706,9 +682,7 @@ class Lexer {
         const auto end = scan_number(i);
         if (!end) {
           const std::size_t bad = scan_number_prefix_end(i);
-          return error_at(
-              src_, open,
-              "bad number syntax: " + go_quote(src_.substr(i, bad - i)));
+          return error_at(src_, open, "bad number syntax: " + go_quote(src_.substr(i, bad - i)));
         }
         i = *end;
         emit(Tok::kNumber, start, i);
@@ -716,8 +690,7 @@ class Lexer {
       }
       if (alnum_size(i) > 0) {
         i = scan_alnum(i);
-        if (!terminator_at(i))
-          return error_at(src_, open, "bad character " + describe_char(i));
+        if (!terminator_at(i)) return error_at(src_, open, "bad character " + describe_char(i));
         const std::string_view word = src_.substr(start, i - start);
         Tok kind = Tok::kIdentifier;
         if (word == "true" || word == "false") {
@@ -734,8 +707,7 @@ class Lexer {
         ++i;
         continue;
       }
-      return error_at(src_, open,
-                      "unrecognized character in action: " + describe_char(i));
+      return error_at(src_, open, "unrecognized character in action: " + describe_char(i));
     }
   }
 
@@ -743,8 +715,8 @@ class Lexer {
   // offending character.
   std::size_t scan_number_prefix_end(std::size_t i) const {
     std::size_t j = i + 1;
-    while (j < src_.size() && (alnum_size(j) > 0 || src_[j] == '.' ||
-                               src_[j] == '+' || src_[j] == '-'))
+    while (j < src_.size() &&
+           (alnum_size(j) > 0 || src_[j] == '.' || src_[j] == '+' || src_[j] == '-'))
       j += std::max<std::size_t>(alnum_size(j), 1);
     return j;
   }
@@ -769,8 +741,7 @@ struct Unquoted {
 };
 
 // strconv.UnquoteChar: one character or escape of a quoted literal.
-std::optional<Unquoted> unquote_char(std::string_view s, std::size_t& i,
-                                     char quote) {
+std::optional<Unquoted> unquote_char(std::string_view s, std::size_t& i, char quote) {
   if (i >= s.size()) return std::nullopt;
   const char c = s[i];
   if (c == quote) return std::nullopt;
@@ -936,10 +907,8 @@ IntParse parse_go_int(std::string_view s, std::int64_t& out) {
     value = value * base + static_cast<unsigned>(d);
   }
   if (underscores && !underscores_ok(original)) return IntParse::kSyntax;
-  if (overflow || value > (negative ? kLimit : kLimit - 1))
-    return IntParse::kRange;
-  out = negative ? static_cast<std::int64_t>(~value + 1)
-                 : static_cast<std::int64_t>(value);
+  if (overflow || value > (negative ? kLimit : kLimit - 1)) return IntParse::kRange;
+  out = negative ? static_cast<std::int64_t>(~value + 1) : static_cast<std::int64_t>(value);
   return IntParse::kOk;
 }
 
@@ -949,15 +918,7 @@ IntParse parse_go_int(std::string_view s, std::int64_t& out) {
 struct Pipeline;
 
 struct Operand {
-  enum class Kind : std::uint8_t {
-    kFunction,
-    kField,
-    kDot,
-    kString,
-    kInt,
-    kBool,
-    kPipeline
-  };
+  enum class Kind : std::uint8_t { kFunction, kField, kDot, kString, kInt, kBool, kPipeline };
   Kind kind = Kind::kString;
   std::string text;  // function name, field path ("A.B"), string value
   std::int64_t number = 0;
@@ -1011,8 +972,7 @@ struct IfBlock {
 
 class Parser {
  public:
-  Parser(std::string_view src, std::vector<Token>& tokens)
-      : src_(src), tokens_(tokens) {}
+  Parser(std::string_view src, std::vector<Token>& tokens) : src_(src), tokens_(tokens) {}
 
   Result<List> run() {
     List list;
@@ -1030,9 +990,7 @@ class Parser {
  private:
   enum class Stop : std::uint8_t { kEof, kElse, kEnd };
 
-  std::string_view view(const Token& t) const {
-    return src_.substr(t.pos, t.end - t.pos);
-  }
+  std::string_view view(const Token& t) const { return src_.substr(t.pos, t.end - t.pos); }
 
   // The token list always ends with kEof; reading never goes past it.
   const Token& peek() const { return tokens_[i_]; }
@@ -1113,13 +1071,11 @@ class Parser {
           stop_span = {open, last_close_};
           return true;
         }
-        if (word != "nil")
-          return fail("{{" + std::string(word) + "}} is not supported by kiln");
+        if (word != "nil") return fail("{{" + std::string(word) + "}} is not supported by kiln");
       }
       Item item;
       item.kind = Item::Kind::kAction;
-      if (!parse_pipeline(item.pipeline, 0, Tok::kRightDelim, "command"))
-        return false;
+      if (!parse_pipeline(item.pipeline, 0, Tok::kRightDelim, "command")) return false;
       item.span = {open, last_close_};
       out.push_back(std::move(item));
     }
@@ -1135,8 +1091,7 @@ class Parser {
 
   bool parse_if(IfBlock& b, std::size_t open, int depth) {
     if (depth > kMaxDepth)
-      return fail("{{if}} nested more than " + std::to_string(kMaxDepth) +
-                  " deep");
+      return fail("{{if}} nested more than " + std::to_string(kMaxDepth) + " deep");
     b.open.begin = open;
     if (!parse_pipeline(b.condition, 0, Tok::kRightDelim, "if")) return false;
     b.open.end = last_close_;
@@ -1184,19 +1139,16 @@ class Parser {
     return true;
   }
 
-  bool parse_pipeline(Pipeline& p, int depth, Tok end,
-                      std::string_view context) {
+  bool parse_pipeline(Pipeline& p, int depth, Tok end, std::string_view context) {
     const Token& first = peek_non_space();
     if (first.kind == Tok::kVariable)
-      return fail("template variables (" + describe(first) +
-                  ") are not supported by kiln");
+      return fail("template variables (" + describe(first) + ") are not supported by kiln");
     while (true) {
       Command cmd;
       if (!parse_command(cmd, depth)) return false;
       if (cmd.args.empty()) {
-        return fail(p.commands.empty()
-                        ? "missing value for " + std::string(context)
-                        : std::string("missing command after \"|\""));
+        return fail(p.commands.empty() ? "missing value for " + std::string(context)
+                                       : std::string("missing command after \"|\""));
       }
       p.commands.push_back(std::move(cmd));
       const Token& t = next_non_space();
@@ -1214,8 +1166,7 @@ class Parser {
         case Operand::Kind::kDot:
         case Operand::Kind::kInt:
         case Operand::Kind::kString:
-          return fail("non executable command in pipeline stage " +
-                      std::to_string(i + 1));
+          return fail("non executable command in pipeline stage " + std::to_string(i + 1));
         default:
           break;
       }
@@ -1261,8 +1212,7 @@ class Parser {
         op.kind = K::kFunction;
         op.text = std::string(text);
         op.func = find_function(text);
-        if (op.func == nullptr)
-          return fail("function " + go_quote(text) + " not defined");
+        if (op.func == nullptr) return fail("function " + go_quote(text) + " not defined");
         if (op.func->fn == Fn::kSed)
           return fail(
               "template function sed is deprecated, use replace or "
@@ -1307,15 +1257,13 @@ class Parser {
       case Tok::kLeftParen:
         op.kind = K::kPipeline;
         op.pipeline = std::make_unique<Pipeline>();
-        if (!parse_pipeline(*op.pipeline, depth + 1, Tok::kRightParen,
-                            "parenthesized pipeline"))
+        if (!parse_pipeline(*op.pipeline, depth + 1, Tok::kRightParen, "parenthesized pipeline"))
           return false;
         break;
       case Tok::kVariable:
       case Tok::kDeclare:
       case Tok::kAssign:
-        return fail("template variables (" + describe(t) +
-                    ") are not supported by kiln");
+        return fail("template variables (" + describe(t) + ") are not supported by kiln");
       case Tok::kKeyword:
         if (text == "nil") return fail("nil is not a command");
         return fail("unexpected " + describe(t) + " in operand");
@@ -1344,23 +1292,20 @@ class Parser {
         break;
     }
     const bool hex = text.find_first_of("xX") != std::string_view::npos;
-    if (!hex && text.find_first_of(".eE") != std::string_view::npos &&
-        text.back() != 'i' && underscores_ok(text)) {
+    if (!hex && text.find_first_of(".eE") != std::string_view::npos && text.back() != 'i' &&
+        underscores_ok(text)) {
       std::string digits;
       for (char c : text)
         if (c != '_' && c != '+') digits += c;
       double d = 0;
-      const auto [ptr, ec] =
-          std::from_chars(digits.data(), digits.data() + digits.size(), d);
-      if (!digits.empty() && ec == std::errc() &&
-          ptr == digits.data() + digits.size() && std::isfinite(d)) {
-        if (d == std::trunc(d) && d >= -9.2233720368547758e18 &&
-            d < 9.2233720368547758e18) {
+      const auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), d);
+      if (!digits.empty() && ec == std::errc() && ptr == digits.data() + digits.size() &&
+          std::isfinite(d)) {
+        if (d == std::trunc(d) && d >= -9.2233720368547758e18 && d < 9.2233720368547758e18) {
           out = static_cast<std::int64_t>(d);
           return true;
         }
-        return fail("floating-point number " + std::string(text) +
-                    " is not supported by kiln");
+        return fail("floating-point number " + std::string(text) + " is not supported by kiln");
       }
     }
     return fail("illegal number syntax: " + go_quote(text));
@@ -1371,8 +1316,7 @@ class Parser {
   std::size_t i_ = 0;
   std::size_t action_ = 0;
   std::size_t last_close_ = 0;
-  std::size_t else_delim_end_ =
-      0;  // end of the "{{" or "{{- " of the last else
+  std::size_t else_delim_end_ = 0;  // end of the "{{" or "{{- " of the last else
   std::optional<Error> error_;
 };
 
@@ -1383,8 +1327,7 @@ class Parser {
 std::size_t go_count(std::string_view s, std::string_view sep) {
   if (sep.empty()) return rune_count(s) + 1;
   std::size_t n = 0;
-  for (std::size_t i = s.find(sep); i != std::string_view::npos;
-       i = s.find(sep, i + sep.size()))
+  for (std::size_t i = s.find(sep); i != std::string_view::npos; i = s.find(sep, i + sep.size()))
     ++n;
   return n;
 }
@@ -1396,12 +1339,10 @@ std::optional<std::string> go_replace(std::string_view s, std::string_view old,
   if (old == repl || n == 0) return std::string(s);
   const std::size_t m = go_count(s, old);
   if (m == 0) return std::string(s);
-  const std::size_t count = (n < 0 || static_cast<std::uint64_t>(n) > m)
-                                ? m
-                                : static_cast<std::size_t>(n);
+  const std::size_t count =
+      (n < 0 || static_cast<std::uint64_t>(n) > m) ? m : static_cast<std::size_t>(n);
   if (repl.size() > old.size() &&
-      (repl.size() - old.size()) >
-          (kMaxValueBytes - std::min(s.size(), kMaxValueBytes)) / count)
+      (repl.size() - old.size()) > (kMaxValueBytes - std::min(s.size(), kMaxValueBytes)) / count)
     return std::nullopt;
   std::string out;
   out.reserve(s.size() + count * repl.size());
@@ -1422,8 +1363,7 @@ std::optional<std::string> go_replace(std::string_view s, std::string_view old,
 }
 
 // Element i of strings.Split(s, sep), or nullopt with the element count.
-std::optional<std::string> go_split_piece(std::string_view s,
-                                          std::string_view sep, std::int64_t i,
+std::optional<std::string> go_split_piece(std::string_view s, std::string_view sep, std::int64_t i,
                                           std::size_t& count) {
   if (sep.empty()) {
     // strings.Split explodes into runes; invalid bytes become U+FFFD except
@@ -1432,8 +1372,7 @@ std::optional<std::string> go_split_piece(std::string_view s,
     if (i < 0 || static_cast<std::uint64_t>(i) >= count) return std::nullopt;
     std::size_t pos = 0;
     for (std::int64_t k = 0; k < i; ++k) pos += decode_rune(s, pos).size;
-    if (static_cast<std::size_t>(i) + 1 == count)
-      return std::string(s.substr(pos));
+    if (static_cast<std::size_t>(i) + 1 == count) return std::string(s.substr(pos));
     const Rune r = decode_rune(s, pos);
     if (r.value == kRuneError) {
       std::string out;
@@ -1447,9 +1386,8 @@ std::optional<std::string> go_split_piece(std::string_view s,
   std::size_t start = 0;
   for (std::int64_t k = 0; k < i; ++k) start = s.find(sep, start) + sep.size();
   const std::size_t end = s.find(sep, start);
-  return std::string(s.substr(start, end == std::string_view::npos
-                                         ? std::string_view::npos
-                                         : end - start));
+  return std::string(
+      s.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start));
 }
 
 // strings.ToUpper / ToLower: ASCII fast path, else rune by rune, where an
@@ -1469,8 +1407,7 @@ std::string go_map_case(std::string_view s, bool to_upper) {
         out += c;
       }
     } else {
-      encode_rune(
-          to_upper ? unicode().upper(r.value) : unicode().lower(r.value), out);
+      encode_rune(to_upper ? unicode().upper(r.value) : unicode().lower(r.value), out);
     }
     i += r.size;
   }
@@ -1521,8 +1458,7 @@ struct Verb {
 
 std::string integer_digits(std::int64_t v, unsigned base, bool upper) {
   const std::string_view alphabet = upper ? kUpperHex : kLowerHex;
-  std::uint64_t u = v < 0 ? ~static_cast<std::uint64_t>(v) + 1
-                          : static_cast<std::uint64_t>(v);
+  std::uint64_t u = v < 0 ? ~static_cast<std::uint64_t>(v) + 1 : static_cast<std::uint64_t>(v);
   std::string digits;
   do {
     digits += alphabet[u % base];
@@ -1541,9 +1477,7 @@ void pad(std::string& s, const Verb& v, bool numeric) {
     s.append(fill, ' ');
   } else if (v.zero) {
     const std::size_t at =
-        (numeric && !s.empty() && (s[0] == '-' || s[0] == '+' || s[0] == ' '))
-            ? 1
-            : 0;
+        (numeric && !s.empty() && (s[0] == '-' || s[0] == '+' || s[0] == ' ')) ? 1 : 0;
     s.insert(at, fill, '0');
   } else {
     s.insert(0, fill, ' ');
@@ -1607,16 +1541,13 @@ std::string bad_verb(char32_t verb, const Value& arg) {
 std::string truncate_runes(std::string_view s, std::optional<std::size_t> n) {
   if (!n) return std::string(s);
   std::size_t pos = 0;
-  for (std::size_t k = 0; k < *n && pos < s.size(); ++k)
-    pos += decode_rune(s, pos).size;
+  for (std::size_t k = 0; k < *n && pos < s.size(); ++k) pos += decode_rune(s, pos).size;
   return std::string(s.substr(0, pos));
 }
 
 std::string hex_bytes(std::string_view s, bool upper) {
   std::string out;
-  for (char c : s)
-    append_hex(out, static_cast<unsigned char>(c), 2,
-               upper ? kUpperHex : kLowerHex);
+  for (char c : s) append_hex(out, static_cast<unsigned char>(c), 2, upper ? kUpperHex : kLowerHex);
   return out;
 }
 
@@ -1673,8 +1604,7 @@ std::string format_one(char32_t verb, const Verb& f, const Value& arg) {
 // fmt.Sprintf with the verbs templates use (%s %d %v %q %x %X %o %b %t %c
 // %%), flags, width and precision; mistakes print as fmt prints them.
 // Returns nullopt when the result would exceed the value limit.
-std::optional<std::string> go_sprintf(std::string_view format,
-                                      std::span<const Value> args) {
+std::optional<std::string> go_sprintf(std::string_view format, std::span<const Value> args) {
   constexpr std::size_t kMaxWidth = 1'000'000;  // fmt's own limit
   std::string out;
   std::size_t arg = 0;
@@ -1816,8 +1746,8 @@ std::string go_query_escape(std::string_view s) {
   std::string out;
   for (char ch : s) {
     const unsigned char c = static_cast<unsigned char>(ch);
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(ch) ||
-        c == '-' || c == '_' || c == '.' || c == '~') {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(ch) || c == '-' || c == '_' ||
+        c == '.' || c == '~') {
       out += ch;
     } else if (c == ' ') {
       out += '+';
@@ -1847,9 +1777,7 @@ class Renderer {
   // empty, because the action refers to a field that is rendered later.
   using Eval = std::optional<Value>;
 
-  std::string_view slice(Span s) const {
-    return src_.substr(s.begin, s.end - s.begin);
-  }
+  std::string_view slice(Span s) const { return src_.substr(s.begin, s.end - s.begin); }
 
   Eval fail(const std::string& msg) {
     if (!error_) error_ = error_at(src_, action_, msg);
@@ -1903,8 +1831,7 @@ class Renderer {
         // The branches before this {{else if}} were decided and dropped,
         // so it has to stand on its own as an {{if}}.
         return append(out, slice({b.open.begin, b.delim_end})) &&
-               append(out, slice({b.keyword, b.open.end})) &&
-               render_rest_of_if(b, out);
+               append(out, slice({b.keyword, b.open.end})) && render_rest_of_if(b, out);
       }
     }
     if (!append(out, slice(b.open))) return false;
@@ -1916,8 +1843,7 @@ class Renderer {
     if (b.else_if) {
       if (!render_if(*b.else_list.front().block, true, out)) return false;
     } else if (b.else_span.end > b.else_span.begin) {
-      if (!append(out, slice(b.else_span)) || !render_list(b.else_list, out))
-        return false;
+      if (!append(out, slice(b.else_span)) || !render_list(b.else_list, out)) return false;
     }
     return append(out, slice(b.end_span));
   }
@@ -1969,8 +1895,7 @@ class Renderer {
         const auto it = ctx_.fields.find(op.text);
         if (it != ctx_.fields.end()) return Value(it->second);
         if (ctx_.defer_unknown_fields) return std::nullopt;
-        return fail("can't evaluate field " + op.text +
-                    ": it is not available here");
+        return fail("can't evaluate field " + op.text + ": it is not available here");
       }
       case Operand::Kind::kDot:
         if (ctx_.defer_unknown_fields) return std::nullopt;
@@ -2003,14 +1928,13 @@ class Renderer {
     return p == Param::kString ? "string" : p == Param::kInt ? "int" : "any";
   }
 
-  Eval call(const Operand& fn, std::span<const Operand> args,
-            const Value* final) {
+  Eval call(const Operand& fn, std::span<const Operand> args, const Value* final) {
     const FuncSpec& f = *fn.func;
     const std::size_t got = args.size() + (final ? 1 : 0);
     const std::string name(f.name);
     if (!f.variadic && got != f.fixed)
-      return fail("wrong number of args for " + name + ": want " +
-                  std::to_string(f.fixed) + " got " + std::to_string(got));
+      return fail("wrong number of args for " + name + ": want " + std::to_string(f.fixed) +
+                  " got " + std::to_string(got));
     if (f.variadic && got < f.fixed)
       return fail("wrong number of args for " + name + ": want at least " +
                   std::to_string(f.fixed) + " got " + std::to_string(got));
@@ -2025,16 +1949,14 @@ class Renderer {
     for (std::size_t i = 0; i < values.size(); ++i) {
       const Param p = param_type(f, i);
       if (!matches(p, values[i]))
-        return fail("wrong type for argument " + std::to_string(i + 1) +
-                    " of " + name + ": expected " + std::string(param_name(p)) +
-                    "; got " + std::string(type_name(values[i])));
+        return fail("wrong type for argument " + std::to_string(i + 1) + " of " + name +
+                    ": expected " + std::string(param_name(p)) + "; got " +
+                    std::string(type_name(values[i])));
     }
     Eval result = invoke(f, values);
     if (result) {
-      if (const auto* s = std::get_if<std::string>(&*result);
-          s && s->size() > kMaxValueBytes)
-        return fail("the result of " + name + " is longer than " +
-                    std::string(kMaxValueText));
+      if (const auto* s = std::get_if<std::string>(&*result); s && s->size() > kMaxValueBytes)
+        return fail("the result of " + name + " is longer than " + std::string(kMaxValueText));
     }
     return result;
   }
@@ -2049,24 +1971,19 @@ class Renderer {
                 std::string(kMaxValueText));
   }
 
-  static const std::string& str(const Value& v) {
-    return std::get<std::string>(v);
-  }
+  static const std::string& str(const Value& v) { return std::get<std::string>(v); }
   static std::int64_t num(const Value& v) { return std::get<std::int64_t>(v); }
 
   Eval invoke(const FuncSpec& f, std::vector<Value>& a) {
     switch (f.fn) {
       case Fn::kBuildName:
-        if (ctx_.build_name.empty())
-          return call_error(f, "build_name not available");
+        if (ctx_.build_name.empty()) return call_error(f, "build_name not available");
         return Value(ctx_.build_name);
       case Fn::kBuildType:
-        if (ctx_.build_type.empty())
-          return call_error(f, "build_type not available");
+        if (ctx_.build_type.empty()) return call_error(f, "build_type not available");
         return Value(ctx_.build_type);
       case Fn::kEnv: {
-        if (!ctx_.env_allowed)
-          return call_error(f, "env vars are not allowed here");
+        if (!ctx_.env_allowed) return call_error(f, "env vars are not allowed here");
         const char* v = std::getenv(str(a[0]).c_str());
         return Value(std::string(v ? v : ""));
       }
@@ -2077,8 +1994,7 @@ class Renderer {
           return call_error(f, "too many values, 1 needed: [" + list + "]");
         }
         return Value(
-            gotime::format(ctx_.timestamp, 0,
-                           a.empty() ? kRfc3339 : std::string_view(str(a[0]))));
+            gotime::format(ctx_.timestamp, 0, a.empty() ? kRfc3339 : std::string_view(str(a[0]))));
       case Fn::kStrftime:
         return Value(gotime::strftime(ctx_.timestamp, str(a[0])));
       case Fn::kPwd: {
@@ -2094,24 +2010,20 @@ class Renderer {
         auto piece = go_split_piece(str(a[0]), str(a[1]), i, count);
         if (piece) return Value(std::move(*piece));
         if (i < 0)
-          return call_error(f, "runtime error: index out of range [" +
-                                   std::to_string(i) + "]");
-        return call_error(
-            f, "the substring " + std::to_string(i) +
-                   " was unavailable using the separator value, " + str(a[1]) +
-                   ", only " + std::to_string(count) + " values were found");
+          return call_error(f, "runtime error: index out of range [" + std::to_string(i) + "]");
+        return call_error(f, "the substring " + std::to_string(i) +
+                                 " was unavailable using the separator value, " + str(a[1]) +
+                                 ", only " + std::to_string(count) + " values were found");
       }
       case Fn::kTemplateDir:
-        if (ctx_.template_dir.empty())
-          return call_error(f, "template path not available");
+        if (ctx_.template_dir.empty()) return call_error(f, "template path not available");
         return Value(ctx_.template_dir);
       case Fn::kTimestamp:
         return Value(std::to_string(ctx_.timestamp));
       case Fn::kUuid:
         return Value(digest::random_uuid());
       case Fn::kUser: {
-        if (!ctx_.user)
-          return call_error(f, "user variables are not available here");
+        if (!ctx_.user) return call_error(f, "user variables are not available here");
         Result<std::string> r = ctx_.user(str(a[0]));
         if (!r) return call_error(f, r.error().message);
         return Value(std::move(r).value());
@@ -2142,8 +2054,7 @@ class Renderer {
         return fail("function \"" + std::string(f.name) +
                     "\" is not supported by kiln (it needs a network service)");
       case Fn::kUnsupported:
-        return fail("function \"" + std::string(f.name) +
-                    "\" is not supported by kiln");
+        return fail("function \"" + std::string(f.name) + "\" is not supported by kiln");
       case Fn::kAnd:
       case Fn::kOr: {
         // Go 1.15 evaluates every argument, then picks one.
@@ -2161,13 +2072,11 @@ class Renderer {
         Value item = a[0];
         for (std::size_t k = 1; k < a.size(); ++k) {
           const auto* s = std::get_if<std::string>(&item);
-          if (!s)
-            return call_error(
-                f, "can't index item of type " + std::string(type_name(item)));
+          if (!s) return call_error(f, "can't index item of type " + std::string(type_name(item)));
           const auto* x = std::get_if<std::int64_t>(&a[k]);
           if (!x)
-            return call_error(f, "cannot index slice/array with type " +
-                                     std::string(type_name(a[k])));
+            return call_error(f,
+                              "cannot index slice/array with type " + std::string(type_name(a[k])));
           if (*x < 0 || static_cast<std::uint64_t>(*x) >= s->size())
             return call_error(f, "index out of range: " + std::to_string(*x));
           // Indexing a Go string yields a byte, which prints as a number.
@@ -2186,8 +2095,7 @@ class Renderer {
         return Value(std::move(*r));
       }
       case Fn::kEq:
-        if (a.size() == 1)
-          return call_error(f, "missing argument for comparison");
+        if (a.size() == 1) return call_error(f, "missing argument for comparison");
         for (std::size_t k = 1; k < a.size(); ++k) {
           if (a[k].index() != a[0].index())
             return call_error(f, "incompatible types for comparison");
@@ -2195,17 +2103,14 @@ class Renderer {
         }
         return Value(false);
       case Fn::kNe:
-        if (a[1].index() != a[0].index())
-          return call_error(f, "incompatible types for comparison");
+        if (a[1].index() != a[0].index()) return call_error(f, "incompatible types for comparison");
         return Value(a[0] != a[1]);
       case Fn::kLt:
       case Fn::kLe:
       case Fn::kGt:
       case Fn::kGe: {
-        if (a[1].index() != a[0].index())
-          return call_error(f, "incompatible types for comparison");
-        if (std::holds_alternative<bool>(a[0]))
-          return call_error(f, "invalid type for comparison");
+        if (a[1].index() != a[0].index()) return call_error(f, "incompatible types for comparison");
+        if (std::holds_alternative<bool>(a[0])) return call_error(f, "invalid type for comparison");
         const bool less = a[0] < a[1];
         const bool equal = a[0] == a[1];
         switch (f.fn) {
@@ -2224,9 +2129,7 @@ class Renderer {
       case Fn::kUrlquery: {
         if (total_size(a) > kMaxValueBytes) return too_long(f);
         const std::string s =
-            (a.size() == 1 && std::holds_alternative<std::string>(a[0]))
-                ? str(a[0])
-                : go_sprint(a);
+            (a.size() == 1 && std::holds_alternative<std::string>(a[0])) ? str(a[0]) : go_sprint(a);
         if (f.fn == Fn::kHtml) return Value(text::html_escape(s));
         if (f.fn == Fn::kJs) return Value(go_js_escape(s));
         return Value(go_query_escape(s));
@@ -2249,8 +2152,7 @@ Result<List> parse(std::string_view text) {
 }
 
 Error internal_error(const char* what) {
-  return Error(Exit::software,
-               std::string("internal error in the template engine: ") + what);
+  return Error(Exit::software, std::string("internal error in the template engine: ") + what);
 }
 
 }  // namespace
@@ -2279,8 +2181,6 @@ Status check_syntax(std::string_view text) {
   }
 }
 
-bool has_actions(std::string_view text) {
-  return text.find("{{") != std::string_view::npos;
-}
+bool has_actions(std::string_view text) { return text.find("{{") != std::string_view::npos; }
 
 }  // namespace kiln::tmpl

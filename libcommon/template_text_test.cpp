@@ -18,15 +18,13 @@ constexpr std::int64_t kReference = 1136239445;
 
 tmpl::Context context() {
   static const std::map<std::string, std::string> vars = {
-      {"name", "Debian"}, {"x", "MiXeD"},        {"csv", "a,b,c"},
-      {"empty", ""},      {"ks", "preseed.cfg"},
+      {"name", "Debian"}, {"x", "MiXeD"}, {"csv", "a,b,c"}, {"empty", ""}, {"ks", "preseed.cfg"},
   };
   tmpl::Context c;
   c.user = [](const std::string& n) -> kiln::Result<std::string> {
     auto it = vars.find(n);
     if (it == vars.end())
-      return kiln::Error(kiln::Exit::dataerr,
-                         "variable \"" + n + "\" is not set");
+      return kiln::Error(kiln::Exit::dataerr, "variable \"" + n + "\" is not set");
     return it->second;
   };
   c.build_name = "qemu-debian";
@@ -70,8 +68,7 @@ bool is_uuid_v4(const std::string& s) {
       return false;
     }
   }
-  return s[14] == '4' &&
-         std::string_view("89ab").find(s[19]) != std::string_view::npos;
+  return s[14] == '4' && std::string_view("89ab").find(s[19]) != std::string_view::npos;
 }
 
 bool contains(const std::string& s, std::string_view part) {
@@ -86,8 +83,7 @@ BOOST_AUTO_TEST_CASE(plain_text_is_unchanged) {
   BOOST_TEST(r("") == "");
   BOOST_TEST(r("no actions } here {") == "no actions } here {");
   BOOST_TEST(r("closing }} alone") == "closing }} alone");
-  BOOST_TEST(r(std::string_view("nul\0byte", 8)) ==
-             std::string("nul\0byte", 8));
+  BOOST_TEST(r(std::string_view("nul\0byte", 8)) == std::string("nul\0byte", 8));
 }
 
 BOOST_AUTO_TEST_CASE(has_actions_looks_for_open_braces) {
@@ -99,8 +95,7 @@ BOOST_AUTO_TEST_CASE(has_actions_looks_for_open_braces) {
 
 BOOST_AUTO_TEST_CASE(string_literals_use_go_escapes) {
   BOOST_TEST(r(R"({{ "a\tb" }})") == "a\tb");
-  BOOST_TEST(r(R"({{ "\x41\101\u00e9\U0001F600\\\"" }})") ==
-             "AA\xC3\xA9\xF0\x9F\x98\x80\\\"");
+  BOOST_TEST(r(R"({{ "\x41\101\u00e9\U0001F600\\\"" }})") == "AA\xC3\xA9\xF0\x9F\x98\x80\\\"");
   BOOST_TEST(r("{{ `raw \\n {{ }} \"` }}") == "raw \\n {{ }} \"");
   BOOST_TEST(r("{{ `a\r\nb` }}") == "a\nb");  // Unquote drops \r
   BOOST_TEST(r(R"({{ "}}" }})") == "}}");
@@ -114,8 +109,7 @@ BOOST_AUTO_TEST_CASE(numbers_bools_and_characters) {
   BOOST_TEST(r("{{ 42 }}") == "42");
   BOOST_TEST(r("{{ -7 }}") == "-7");
   BOOST_TEST(r("{{-3}}") == "-3");  // no space after "-": a number, not a trim
-  BOOST_TEST(r("{{ 0x1F }} {{ 0o17 }} {{ 017 }} {{ 0b101 }} {{ 1_000 }}") ==
-             "31 15 15 5 1000");
+  BOOST_TEST(r("{{ 0x1F }} {{ 0o17 }} {{ 017 }} {{ 0b101 }} {{ 1_000 }}") == "31 15 15 5 1000");
   BOOST_TEST(r("{{ 1e3 }} {{ 2.0 }}") == "1000 2");
   BOOST_TEST(r("{{ 'a' }} {{ '\\n' }}") == "97 10");
   BOOST_TEST(r("{{ true }} {{ false }}") == "true false");
@@ -136,8 +130,7 @@ BOOST_AUTO_TEST_CASE(user_variables) {
              "error calling user: variable \"nope\" is not set at column 3");
   tmpl::Context c = context();
   c.user = nullptr;
-  BOOST_TEST(contains(err("{{ user `name` }}", c),
-                      "user variables are not available"));
+  BOOST_TEST(contains(err("{{ user `name` }}", c), "user variables are not available"));
 }
 
 BOOST_AUTO_TEST_CASE(time_functions_use_the_fixed_instant) {
@@ -145,13 +138,10 @@ BOOST_AUTO_TEST_CASE(time_functions_use_the_fixed_instant) {
   BOOST_TEST(r("{{ isotime }}") == "2006-01-02T22:04:05Z");
   BOOST_TEST(r("{{ isotime \"2006-01-02\" }}") == "2006-01-02");
   BOOST_TEST(r("ami-{{isotime `20060102150405`}}") == "ami-20060102220405");
-  BOOST_TEST(r("{{ isotime \"Mon Jan 2 15:04 MST\" }}") ==
-             "Mon Jan 2 22:04 UTC");
-  BOOST_TEST(r("{{ strftime \"%Y-%m-%d %H:%M:%S\" }}") ==
-             "2006-01-02 22:04:05");
-  BOOST_TEST(
-      contains(err("{{ isotime \"a\" \"b\" }}"),
-               "error calling isotime: too many values, 1 needed: [a b]"));
+  BOOST_TEST(r("{{ isotime \"Mon Jan 2 15:04 MST\" }}") == "Mon Jan 2 22:04 UTC");
+  BOOST_TEST(r("{{ strftime \"%Y-%m-%d %H:%M:%S\" }}") == "2006-01-02 22:04:05");
+  BOOST_TEST(contains(err("{{ isotime \"a\" \"b\" }}"),
+                      "error calling isotime: too many values, 1 needed: [a b]"));
   tmpl::Context c = context();
   c.timestamp = 0;
   BOOST_TEST(r("{{ timestamp }} {{ isotime }}", c) == "0 1970-01-01T00:00:00Z");
@@ -178,8 +168,7 @@ BOOST_AUTO_TEST_CASE(context_functions) {
   BOOST_TEST(err("{{ build_name }}", c) ==
              "error calling build_name: build_name not available at column 1");
   BOOST_TEST(contains(err("{{ build_type }}", c), "build_type not available"));
-  BOOST_TEST(
-      contains(err("{{ template_dir }}", c), "template path not available"));
+  BOOST_TEST(contains(err("{{ template_dir }}", c), "template path not available"));
 }
 
 BOOST_AUTO_TEST_CASE(env_only_where_allowed) {
@@ -211,10 +200,8 @@ BOOST_AUTO_TEST_CASE(split) {
   BOOST_TEST(err("{{ split \"a,b\" \",\" 5 }}") ==
              "error calling split: the substring 5 was unavailable using the "
              "separator value, ,, only 2 values were found at column 1");
-  BOOST_TEST(
-      contains(err("{{ split \"a,b\" \",\" -1 }}"), "index out of range [-1]"));
-  BOOST_TEST(contains(err("{{ split \"a\" \",\" \"0\" }}"),
-                      "expected int; got string"));
+  BOOST_TEST(contains(err("{{ split \"a,b\" \",\" -1 }}"), "index out of range [-1]"));
+  BOOST_TEST(contains(err("{{ split \"a\" \",\" \"0\" }}"), "expected int; got string"));
 }
 
 BOOST_AUTO_TEST_CASE(replace_and_replace_all) {
@@ -246,8 +233,7 @@ BOOST_AUTO_TEST_CASE(nested_calls_and_pipelines) {
   BOOST_TEST(r("{{ lower (upper (user `name`)) }}") == "debian");
   BOOST_TEST(r("{{ (user `name`) }}") == "Debian");
   BOOST_TEST(r("{{ user `name` | upper | lower }}") == "debian");
-  BOOST_TEST(r("{{ upper timestamp }}") ==
-             "1136239445");  // a bare function call
+  BOOST_TEST(r("{{ upper timestamp }}") == "1136239445");  // a bare function call
   BOOST_TEST(r("{{ ((((\"deep\")))) }}") == "deep");
 }
 
@@ -258,10 +244,8 @@ BOOST_AUTO_TEST_CASE(sed_and_network_functions_are_errors) {
   BOOST_TEST(err("{{ vault \"/secret/x\" \"k\" }}") ==
              "function \"vault\" is not supported by kiln (it needs a network "
              "service) at column 1");
-  BOOST_TEST(
-      contains(err("{{ consul_key \"a/b\" }}"), "function \"consul_key\""));
-  BOOST_TEST(
-      contains(err("{{ aws_secretsmanager \"a\" }}"), "network service"));
+  BOOST_TEST(contains(err("{{ consul_key \"a/b\" }}"), "function \"consul_key\""));
+  BOOST_TEST(contains(err("{{ aws_secretsmanager \"a\" }}"), "network service"));
   BOOST_TEST(contains(err("{{ call \"x\" }}"), "\"call\" is not supported"));
 }
 
@@ -283,9 +267,8 @@ BOOST_AUTO_TEST_CASE(printf_verbs) {
   BOOST_TEST(r("{{ printf \"%q\" \"a\\\"b\\n\" }}") == "\"a\\\"b\\n\"");
   BOOST_TEST(r("{{ printf \"%x %X %x\" \"hi\" 255 -255 }}") == "6869 FF -ff");
   BOOST_TEST(r("{{ printf \"100%%\" }}") == "100%");
-  BOOST_TEST(
-      r("{{ printf \"%05d|%-4s|%4s|%.2s\" 42 \"ab\" \"ab\" \"abc\" }}") ==
-      "00042|ab  |  ab|ab");
+  BOOST_TEST(r("{{ printf \"%05d|%-4s|%4s|%.2s\" 42 \"ab\" \"ab\" \"abc\" }}") ==
+             "00042|ab  |  ab|ab");
   BOOST_TEST(r("{{ printf \"%d\" \"x\" }}") == "%!d(string=x)");
   BOOST_TEST(r("{{ printf \"%s %s\" \"x\" }}") == "x %!s(MISSING)");
   BOOST_TEST(r("{{ printf \"%s\" \"x\" 1 }}") == "x%!(EXTRA int=1)");
@@ -300,29 +283,22 @@ BOOST_AUTO_TEST_CASE(len_and_index) {
   BOOST_TEST(r("{{ user `name` | len }}") == "6");
   BOOST_TEST(r("{{ index \"abc\" 1 }}") == "98");  // a Go byte
   BOOST_TEST(contains(err("{{ index \"abc\" 3 }}"), "index out of range: 3"));
-  BOOST_TEST(
-      contains(err("{{ len 3 }}"), "error calling len: len of type int"));
+  BOOST_TEST(contains(err("{{ len 3 }}"), "error calling len: len of type int"));
 }
 
 BOOST_AUTO_TEST_CASE(comparisons_and_logic) {
-  BOOST_TEST(r("{{ eq 1 1 }} {{ eq \"a\" \"b\" }} {{ eq 1 2 3 1 }}") ==
-             "true false true");
+  BOOST_TEST(r("{{ eq 1 1 }} {{ eq \"a\" \"b\" }} {{ eq 1 2 3 1 }}") == "true false true");
   BOOST_TEST(r("{{ ne \"a\" \"b\" }} {{ lt 1 2 }} {{ le 2 2 }} {{ gt \"b\" "
                "\"a\" }} {{ ge 1 2 }}") == "true true true true false");
   BOOST_TEST(r("{{ not \"\" }} {{ not 1 }}") == "true false");
-  BOOST_TEST(
-      r("{{ and 1 0 2 }} {{ and 1 2 }} {{ or \"\" \"x\" }} {{ or 0 \"\" }}") ==
-      "0 2 x ");
-  BOOST_TEST(contains(err("{{ eq \"a\" 1 }}"),
-                      "error calling eq: incompatible types"));
-  BOOST_TEST(
-      contains(err("{{ lt true false }}"), "invalid type for comparison"));
+  BOOST_TEST(r("{{ and 1 0 2 }} {{ and 1 2 }} {{ or \"\" \"x\" }} {{ or 0 \"\" }}") == "0 2 x ");
+  BOOST_TEST(contains(err("{{ eq \"a\" 1 }}"), "error calling eq: incompatible types"));
+  BOOST_TEST(contains(err("{{ lt true false }}"), "invalid type for comparison"));
   BOOST_TEST(contains(err("{{ eq 1 }}"), "missing argument for comparison"));
 }
 
 BOOST_AUTO_TEST_CASE(escapers) {
-  BOOST_TEST(r("{{ html \"<a href='x'>&\" }}") ==
-             "&lt;a href=&#39;x&#39;&gt;&amp;");
+  BOOST_TEST(r("{{ html \"<a href='x'>&\" }}") == "&lt;a href=&#39;x&#39;&gt;&amp;");
   BOOST_TEST(r("{{ urlquery \"a b&c=d/é\" }}") == "a+b%26c%3Dd%2F%C3%A9");
   BOOST_TEST(r("{{ js \"it's <b>\" }}") == "it\\'s \\u003Cb\\u003E");
 }
@@ -343,8 +319,7 @@ BOOST_AUTO_TEST_CASE(comments) {
   BOOST_TEST(r("a{{/* a comment with }} and {{ */}}b") == "ab");
   BOOST_TEST(r("a {{/* c */}} b") == "a  b");
   BOOST_TEST(err("a{{/* never closed }}") == "unclosed comment at column 2");
-  BOOST_TEST(err("{{/* c */ }}") ==
-             "comment ends before closing delimiter at column 1");
+  BOOST_TEST(err("{{/* c */ }}") == "comment ends before closing delimiter at column 1");
 }
 
 BOOST_AUTO_TEST_CASE(unclosed_and_malformed_actions) {
@@ -353,24 +328,19 @@ BOOST_AUTO_TEST_CASE(unclosed_and_malformed_actions) {
   BOOST_TEST(err("ok {{ }}") == "missing value for command at column 4");
   BOOST_TEST(contains(err("{{ upper (\"a\" }}"), "unclosed left paren"));
   BOOST_TEST(contains(err("{{ \"a\") }}"), "unexpected right paren"));
-  BOOST_TEST(
-      contains(err("{{ () }}"), "missing value for parenthesized pipeline"));
+  BOOST_TEST(contains(err("{{ () }}"), "missing value for parenthesized pipeline"));
   BOOST_TEST(contains(err("{{ \"a\"\"b\" }}"), "in operand"));
   BOOST_TEST(contains(err("{{ upper\"a\" }}"), "bad character U+0022"));
   BOOST_TEST(contains(err("{{ \"a\" | }}"), "missing command after \"|\""));
-  BOOST_TEST(contains(err("{{ \"a\" | \"b\" }}"),
-                      "non executable command in pipeline stage 2"));
+  BOOST_TEST(contains(err("{{ \"a\" | \"b\" }}"), "non executable command in pipeline stage 2"));
   BOOST_TEST(contains(err("{{ # }}"), "unexpected \"#\" in operand"));
-  BOOST_TEST(
-      contains(err("{{ \x01 }}"), "unrecognized character in action: U+0001"));
+  BOOST_TEST(contains(err("{{ \x01 }}"), "unrecognized character in action: U+0001"));
   BOOST_TEST(contains(err("{{ nil }}"), "nil is not a command"));
 }
 
 BOOST_AUTO_TEST_CASE(errors_name_the_column_and_line) {
-  BOOST_TEST(err("0123456789{{ foo }}") ==
-             "function \"foo\" not defined at column 11");
-  BOOST_TEST(err("first\n  {{ foo }}") ==
-             "function \"foo\" not defined at line 2, column 3");
+  BOOST_TEST(err("0123456789{{ foo }}") == "function \"foo\" not defined at column 11");
+  BOOST_TEST(err("first\n  {{ foo }}") == "function \"foo\" not defined at line 2, column 3");
   BOOST_TEST(err("{{ user `name` }} {{ upper }}") ==
              "wrong number of args for upper: want 1 got 0 at column 19");
 }
@@ -382,40 +352,29 @@ BOOST_AUTO_TEST_CASE(argument_counts_and_types) {
              "wrong number of args for upper: want 1 got 2 at column 1");
   BOOST_TEST(err("{{ timestamp 1 }}") ==
              "wrong number of args for timestamp: want 0 got 1 at column 1");
-  BOOST_TEST(
-      err("{{ printf }}") ==
-      "wrong number of args for printf: want at least 1 got 0 at column 1");
+  BOOST_TEST(err("{{ printf }}") ==
+             "wrong number of args for printf: want at least 1 got 0 at column 1");
   BOOST_TEST(err("{{ upper 3 }}") ==
              "wrong type for argument 1 of upper: expected string; got int at "
              "column 1");
-  BOOST_TEST(contains(err("{{ \"a\" \"b\" }}"),
-                      "can't give argument to non-function \"a\""));
-  BOOST_TEST(contains(err("{{ \"a\" | .Name }}"),
-                      "can't give argument to non-function .Name"));
+  BOOST_TEST(contains(err("{{ \"a\" \"b\" }}"), "can't give argument to non-function \"a\""));
+  BOOST_TEST(contains(err("{{ \"a\" | .Name }}"), "can't give argument to non-function .Name"));
 }
 
 BOOST_AUTO_TEST_CASE(unsupported_constructs_are_named) {
   BOOST_TEST(err("{{ range .Items }}x{{ end }}") ==
              "{{range}} is not supported by kiln at column 1");
-  BOOST_TEST(
-      contains(err("{{ with 1 }}x{{ end }}"), "{{with}} is not supported"));
-  BOOST_TEST(contains(err("{{ define \"a\" }}x{{ end }}"),
-                      "{{define}} is not supported"));
-  BOOST_TEST(
-      contains(err("{{ template \"a\" }}"), "{{template}} is not supported"));
-  BOOST_TEST(contains(err("{{ $x := 1 }}"),
-                      "template variables (\"$x\") are not supported"));
+  BOOST_TEST(contains(err("{{ with 1 }}x{{ end }}"), "{{with}} is not supported"));
+  BOOST_TEST(contains(err("{{ define \"a\" }}x{{ end }}"), "{{define}} is not supported"));
+  BOOST_TEST(contains(err("{{ template \"a\" }}"), "{{template}} is not supported"));
+  BOOST_TEST(contains(err("{{ $x := 1 }}"), "template variables (\"$x\") are not supported"));
   BOOST_TEST(contains(err("{{ upper $x }}"), "are not supported by kiln"));
 }
 
 BOOST_AUTO_TEST_CASE(if_else_end) {
-  BOOST_TEST(
-      r("{{ if eq (user `name`) \"Debian\" }}apt{{ else }}yum{{ end }}") ==
-      "apt");
+  BOOST_TEST(r("{{ if eq (user `name`) \"Debian\" }}apt{{ else }}yum{{ end }}") == "apt");
   BOOST_TEST(r("{{ if user `empty` }}set{{ else }}unset{{ end }}") == "unset");
-  BOOST_TEST(
-      r("{{if 0}}a{{else if false}}b{{else if \"x\"}}c{{else}}d{{end}}") ==
-      "c");
+  BOOST_TEST(r("{{if 0}}a{{else if false}}b{{else if \"x\"}}c{{else}}d{{end}}") == "c");
   BOOST_TEST(r("{{if 0}}a{{else if false}}b{{end}}!") == "!");
   BOOST_TEST(r("{{ if 1 }}{{ if 0 }}x{{ else }}y{{ end }}{{ end }}") == "y");
   BOOST_TEST(r("a\n{{- if true }}\nb\n{{- end }}") == "a\nb");
@@ -423,8 +382,8 @@ BOOST_AUTO_TEST_CASE(if_else_end) {
   BOOST_TEST(err("x{{ end }}") == "unexpected {{end}} at column 2");
   BOOST_TEST(err("{{ else }}") == "unexpected {{else}} at column 1");
   BOOST_TEST(contains(err("{{ if }}x{{ end }}"), "missing value for if"));
-  BOOST_TEST(contains(err("{{if 1}}a{{else}}b{{else}}c{{end}}"),
-                      "expected {{end}}; found {{else}}"));
+  BOOST_TEST(
+      contains(err("{{if 1}}a{{else}}b{{else}}c{{end}}"), "expected {{end}}; found {{else}}"));
   // Errors in the branch not taken are not reported, as in Go.
   BOOST_TEST(r("{{ if false }}{{ user `nope` }}{{ end }}ok") == "ok");
 }
@@ -436,26 +395,23 @@ BOOST_AUTO_TEST_SUITE(fields)
 BOOST_AUTO_TEST_CASE(known_fields_are_rendered) {
   tmpl::Context c = context();
   c.fields = {{"HTTPIP", "10.0.2.2"}, {"HTTPPort", "8080"}, {"A.B", "nested"}};
-  BOOST_TEST(r("http://{{ .HTTPIP }}:{{ .HTTPPort }}/", c) ==
-             "http://10.0.2.2:8080/");
+  BOOST_TEST(r("http://{{ .HTTPIP }}:{{ .HTTPPort }}/", c) == "http://10.0.2.2:8080/");
   BOOST_TEST(r("{{ .HTTPIP | replace_all \".\" \"-\" }}", c) == "10-0-2-2");
   BOOST_TEST(r("{{ .A.B }}", c) == "nested");
   BOOST_TEST(r("{{ if .HTTPIP }}y{{ end }}", c) == "y");
 }
 
 BOOST_AUTO_TEST_CASE(unknown_fields_are_errors_unless_deferred) {
-  BOOST_TEST(
-      err("x {{ .HTTPIP }}") ==
-      "can't evaluate field HTTPIP: it is not available here at column 3");
+  BOOST_TEST(err("x {{ .HTTPIP }}") ==
+             "can't evaluate field HTTPIP: it is not available here at column 3");
   BOOST_TEST(r("[{{ . }}]") == "[]");
 }
 
 BOOST_AUTO_TEST_CASE(deferred_fields_are_kept_verbatim) {
   const tmpl::Context c = deferring();
-  BOOST_TEST(r("{{ .HTTPIP }}:{{ .HTTPPort }}", c) ==
-             "{{ .HTTPIP }}:{{ .HTTPPort }}");
-  BOOST_TEST(r("http://{{.HTTPIP}}:{{ .HTTPPort }}/{{ user `ks` }}<enter>",
-               c) == "http://{{.HTTPIP}}:{{ .HTTPPort }}/preseed.cfg<enter>");
+  BOOST_TEST(r("{{ .HTTPIP }}:{{ .HTTPPort }}", c) == "{{ .HTTPIP }}:{{ .HTTPPort }}");
+  BOOST_TEST(r("http://{{.HTTPIP}}:{{ .HTTPPort }}/{{ user `ks` }}<enter>", c) ==
+             "http://{{.HTTPIP}}:{{ .HTTPPort }}/preseed.cfg<enter>");
   BOOST_TEST(r("{{ .Name | upper }}", c) == "{{ .Name | upper }}");
   BOOST_TEST(r("{{ upper (lower .Name) }}", c) == "{{ upper (lower .Name) }}");
   BOOST_TEST(r("a {{- .X -}} b", c) == "a{{- .X -}}b");
@@ -469,17 +425,14 @@ BOOST_AUTO_TEST_CASE(deferred_fields_are_kept_verbatim) {
   // A decided condition drops its branch; a deferred {{else if}} that is
   // left becomes a plain {{if}}.
   BOOST_TEST(r("{{if 0}}1{{else if .B}}2{{end}}", c) == "{{if .B}}2{{end}}");
-  BOOST_TEST(r("{{if 0}}1{{- else  if .B -}} 2 {{end}}", c) ==
-             "{{- if .B -}}2 {{end}}");
+  BOOST_TEST(r("{{if 0}}1{{- else  if .B -}} 2 {{end}}", c) == "{{- if .B -}}2 {{end}}");
   BOOST_TEST(r("{{if 1}}1{{else if .B}}2{{end}}", c) == "1");
   // Syntax and function errors are still errors.
-  BOOST_TEST(
-      contains(err("{{ .Name | foo }}", c), "function \"foo\" not defined"));
+  BOOST_TEST(contains(err("{{ .Name | foo }}", c), "function \"foo\" not defined"));
   BOOST_TEST(contains(err("{{ .Name \"arg\" }}", c), "can't give argument"));
   tmpl::Context known = c;
   known.fields = {{"HTTPIP", "10.0.2.2"}};
-  BOOST_TEST(r("{{ .HTTPIP }}:{{ .HTTPPort }}", known) ==
-             "10.0.2.2:{{ .HTTPPort }}");
+  BOOST_TEST(r("{{ .HTTPIP }}:{{ .HTTPPort }}", known) == "10.0.2.2:{{ .HTTPPort }}");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -488,13 +441,9 @@ BOOST_AUTO_TEST_SUITE(check_syntax)
 
 BOOST_AUTO_TEST_CASE(accepts_what_parses_and_evaluates_nothing) {
   BOOST_TEST(tmpl::check_syntax("plain").ok());
-  BOOST_TEST(
-      tmpl::check_syntax("{{ user `never_defined` }} {{ env `X` }}").ok());
-  BOOST_TEST(
-      tmpl::check_syntax("{{ .HTTPIP }} {{ build_name }} {{ vault `a` `b` }}")
-          .ok());
-  BOOST_TEST(
-      tmpl::check_syntax("{{ if 1 }}{{ upper (lower `A`) }}{{ end }}").ok());
+  BOOST_TEST(tmpl::check_syntax("{{ user `never_defined` }} {{ env `X` }}").ok());
+  BOOST_TEST(tmpl::check_syntax("{{ .HTTPIP }} {{ build_name }} {{ vault `a` `b` }}").ok());
+  BOOST_TEST(tmpl::check_syntax("{{ if 1 }}{{ upper (lower `A`) }}{{ end }}").ok());
   // Wrong argument counts are found when rendering, as in Go.
   BOOST_TEST(tmpl::check_syntax("{{ upper }}").ok());
 }
@@ -502,8 +451,7 @@ BOOST_AUTO_TEST_CASE(accepts_what_parses_and_evaluates_nothing) {
 BOOST_AUTO_TEST_CASE(rejects_unknown_functions_sed_and_bad_syntax) {
   auto unknown = tmpl::check_syntax("{{ foo `x` }}");
   BOOST_TEST(!unknown.ok());
-  BOOST_TEST(unknown.error().message ==
-             "function \"foo\" not defined at column 1");
+  BOOST_TEST(unknown.error().message == "function \"foo\" not defined at column 1");
   BOOST_TEST((unknown.error().code == kiln::Exit::dataerr));
   auto sed = tmpl::check_syntax("{{ sed `s/a/b/` `a` }}");
   BOOST_TEST(!sed.ok());
@@ -518,11 +466,9 @@ BOOST_AUTO_TEST_SUITE_END()
 BOOST_AUTO_TEST_SUITE(robustness)
 
 BOOST_AUTO_TEST_CASE(nesting_is_bounded) {
-  const std::string ok =
-      "{{ " + std::string(100, '(') + "`x`" + std::string(100, ')') + " }}";
+  const std::string ok = "{{ " + std::string(100, '(') + "`x`" + std::string(100, ')') + " }}";
   BOOST_TEST(r(ok) == "x");
-  const std::string deep =
-      "{{ " + std::string(101, '(') + "`x`" + std::string(101, ')') + " }}";
+  const std::string deep = "{{ " + std::string(101, '(') + "`x`" + std::string(101, ')') + " }}";
   BOOST_TEST(contains(err(deep), "nested more than 100 deep"));
   std::string ifs;
   for (int i = 0; i < 5000; ++i) ifs += "{{if 1}}";
@@ -553,12 +499,10 @@ BOOST_AUTO_TEST_CASE(random_input_never_crashes) {
   // Pieces of template syntax glued at random: every outcome must be a
   // value or an Error (ASan/UBSan catch the rest).
   const std::vector<std::string> pieces = {
-      "{{",    "}}",     "{{-", " -}}", "(",     ")",    "|",
-      " ",     "\"",     "`",   "'",    "\\",    "user", "upper",
-      "split", "printf", "if",  "else", "end",   ".X",   ".",
-      "1",     "-",      "0x",  "/*",   "*/",    "\n",   "\xFF",
-      "\xC3",  "%",      "$x",  ":=",   "\"a\"", "`b`",  "replace_all",
-      "index", "eq",     "and", "sed",  "foo"};
+      "{{", "}}", "{{-",   " -}}",  "(",           ")",      "|",  " ",    "\"",   "`",
+      "'",  "\\", "user",  "upper", "split",       "printf", "if", "else", "end",  ".X",
+      ".",  "1",  "-",     "0x",    "/*",          "*/",     "\n", "\xFF", "\xC3", "%",
+      "$x", ":=", "\"a\"", "`b`",   "replace_all", "index",  "eq", "and",  "sed",  "foo"};
   std::mt19937 rng(12345);
   tmpl::Context plain = context();
   tmpl::Context deferred = deferring();

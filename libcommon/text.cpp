@@ -13,8 +13,7 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   for (size_t i = 1; i <= n; ++i) {
     for (size_t j = 1; j <= m; ++j) {
       size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1,
-                          d[i - 1][j - 1] + cost});
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
       if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
         d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
@@ -22,8 +21,7 @@ size_t edit_distance(std::string_view a, std::string_view b) {
   return d[n][m];
 }
 
-std::string suggest(std::string_view word,
-                    const std::vector<std::string>& candidates) {
+std::string suggest(std::string_view word, const std::vector<std::string>& candidates) {
   // Long option names would make a quadratic table expensive; a word that
   // long is no misspelling of a key anyway.
   if (word.empty() || word.size() > 64) return {};
@@ -52,8 +50,7 @@ bool class_match(std::string_view pattern, size_t& i, char c) {
   while (j < pattern.size() && (first || pattern[j] != ']')) {
     first = false;
     char lo = pattern[j];
-    if (j + 2 < pattern.size() && pattern[j + 1] == '-' &&
-        pattern[j + 2] != ']') {
+    if (j + 2 < pattern.size() && pattern[j + 1] == '-' && pattern[j + 2] != ']') {
       char hi = pattern[j + 2];
       if (c >= lo && c <= hi) matched = true;
       j += 3;
@@ -148,21 +145,33 @@ bool starts_with(std::string_view s, std::string_view affix) {
 }
 
 bool ends_with(std::string_view s, std::string_view affix) {
-  return s.size() >= affix.size() &&
-         s.substr(s.size() - affix.size()) == affix;
+  return s.size() >= affix.size() && s.substr(s.size() - affix.size()) == affix;
 }
 
 std::string html_escape(std::string_view s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '\0': out += "\xEF\xBF\xBD"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      default: out += c;
+      case '\0':
+        out += "\xEF\xBF\xBD";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -179,8 +188,7 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
-std::string replace_all(std::string_view s, std::string_view from,
-                        std::string_view to) {
+std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
   std::string out;
   size_t start = 0;
   for (;;) {

@@ -14,8 +14,7 @@ size_t edit_distance(std::string_view a, std::string_view b);
 
 /// The candidate closest to `word` when it is close enough to be a likely
 /// misspelling (distance at most a third of the word, at least 1); else "".
-std::string suggest(std::string_view word,
-                    const std::vector<std::string>& candidates);
+std::string suggest(std::string_view word, const std::vector<std::string>& candidates);
 
 /// fnmatch-style glob: * ? and [...] (with ! or ^ negation); no escapes
 /// beyond "\\x" meaning a literal x.
@@ -47,7 +46,6 @@ bool iequals(std::string_view a, std::string_view b);
 std::string go_base(std::string_view path);
 
 /// Replaces every occurrence of `from` (non-empty) by `to`.
-std::string replace_all(std::string_view s, std::string_view from,
-                        std::string_view to);
+std::string replace_all(std::string_view s, std::string_view from, std::string_view to);
 
 }  // namespace kiln::text

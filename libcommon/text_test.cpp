@@ -1,7 +1,7 @@
 #define BOOST_TEST_MODULE text
-#include <boost/test/unit_test.hpp>
-
 #include "text.hpp"
+
+#include <boost/test/unit_test.hpp>
 
 using namespace kiln;
 

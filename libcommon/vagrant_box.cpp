@@ -19,8 +19,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* const kLevelError =
-    "Invalid compression level. Expected an integer from -1 to 9.";
+const char* const kLevelError = "Invalid compression level. Expected an integer from -1 to 9.";
 
 tmpl::Context box_context(const tmpl::Context& context, const Options& options) {
   tmpl::Context ctx = context;
@@ -33,9 +32,8 @@ tmpl::Context box_context(const tmpl::Context& context, const Options& options) 
 }  // namespace
 
 Result<ImageInfo> inspect(const std::string& image) {
-  auto out = process::run(
-      {"qemu-img", {"info", "--output=json", image}, {}, "", std::nullopt},
-      std::chrono::seconds(60));
+  auto out = process::run({"qemu-img", {"info", "--output=json", image}, {}, "", std::nullopt},
+                          std::chrono::seconds(60));
   if (!out) return out.error();
   if (out->exit_code != 0) {
     std::string err = out->err;
@@ -47,8 +45,7 @@ Result<ImageInfo> inspect(const std::string& image) {
     return Error(Exit::dataerr, "qemu-img info on " + image + ": " + st.error().message);
   if (!doc.IsObject() || !doc.HasMember("format") || !doc["format"].IsString() ||
       !doc.HasMember("virtual-size") || !doc["virtual-size"].IsUint64())
-    return Error(Exit::dataerr,
-                 "qemu-img info on " + image + " gave no format or virtual-size");
+    return Error(Exit::dataerr, "qemu-img info on " + image + " gave no format or virtual-size");
   return ImageInfo{doc["format"].GetString(), doc["virtual-size"].GetUint64()};
 }
 
@@ -61,15 +58,13 @@ Result<std::string> libvirt_driver(std::string_view accelerator) {
   if (accelerator == "kvm") return std::string("kvm");
   if (accelerator == "none" || accelerator == "tcg" || accelerator == "hvf")
     return std::string("qemu");
-  return Error(Exit::config,
-               "Unknown libvirt domain type: " + std::string(accelerator));
+  return Error(Exit::config, "Unknown libvirt domain type: " + std::string(accelerator));
 }
 
 std::string metadata_json(std::string_view format, std::uint64_t virtual_size_gib) {
   // Go's encoder escapes < > & in strings; a qemu format name has none.
   return "{\"format\":\"" + std::string(format) +
-         "\",\"provider\":\"libvirt\",\"virtual_size\":" +
-         std::to_string(virtual_size_gib) + "}\n";
+         "\",\"provider\":\"libvirt\",\"virtual_size\":" + std::to_string(virtual_size_gib) + "}\n";
 }
 
 std::string vagrantfile(std::string_view driver, std::string_view custom) {
@@ -88,8 +83,7 @@ std::string vagrantfile(std::string_view driver, std::string_view custom) {
 }
 
 Status check(const Options& options) {
-  const std::string output =
-      options.output.empty() ? std::string(default_output) : options.output;
+  const std::string output = options.output.empty() ? std::string(default_output) : options.output;
   if (auto st = tmpl::check_syntax(output); !st)
     return Error(Exit::config, "Error parsing target template: " + st.error().message);
   if (options.compression_level &&
@@ -97,19 +91,17 @@ Status check(const Options& options) {
     return Error(Exit::config, kLevelError);
   if (auto d = libvirt_driver(options.accelerator); !d) return d.error();
   std::error_code ec;
-  if (!options.vagrantfile_template.empty() &&
-      !fs::exists(options.vagrantfile_template, ec))
-    return Error(Exit::noinput, "vagrantfile_template '" + options.vagrantfile_template +
-                                    "' does not exist");
+  if (!options.vagrantfile_template.empty() && !fs::exists(options.vagrantfile_template, ec))
+    return Error(Exit::noinput,
+                 "vagrantfile_template '" + options.vagrantfile_template + "' does not exist");
   for (const auto& inc : options.include)
     if (!fs::is_regular_file(inc, ec))
-      return Error(Exit::noinput, "Error copying include file: " + inc +
-                                      ": not a readable regular file");
+      return Error(Exit::noinput,
+                   "Error copying include file: " + inc + ": not a readable regular file");
   return {};
 }
 
-Result<Box> make(const Options& options, const tmpl::Context& context,
-                 const Progress& progress) {
+Result<Box> make(const Options& options, const tmpl::Context& context, const Progress& progress) {
   if (auto st = check(options); !st) return st.error();
   auto info = inspect(options.image);
   if (!info) return info.error();
@@ -125,8 +117,7 @@ Result<Box> make(const Options& options, const tmpl::Context& context,
     if (!text) return text.error();
     auto rendered = tmpl::render(*text, ctx);
     if (!rendered)
-      return Error(Exit::dataerr, options.vagrantfile_template + ": " +
-                                      rendered.error().message);
+      return Error(Exit::dataerr, options.vagrantfile_template + ": " + rendered.error().message);
     custom = std::move(*rendered);
   }
 
@@ -171,8 +162,7 @@ Result<Box> make(const Options& options, const tmpl::Context& context,
   settings.format = {compress::Archive::tar,
                      level == 0 ? compress::Algorithm::none : compress::Algorithm::gzip};
   settings.level = level == -1 ? 6 : level;
-  if (auto st = compress::write(box.path, entries, settings, progress); !st)
-    return st.error();
+  if (auto st = compress::write(box.path, entries, settings, progress); !st) return st.error();
   std::error_code ec;
   box.size = fs::file_size(box.path, ec);
   return box;

@@ -41,8 +41,7 @@
 namespace kiln::vagrant_box {
 
 /// Packer's default output template.
-inline constexpr std::string_view default_output =
-    "packer_{{ .BuildName }}_{{.Provider}}.box";
+inline constexpr std::string_view default_output = "packer_{{ .BuildName }}_{{.Provider}}.box";
 
 /// What qemu-img reports about a disk image.
 struct ImageInfo {
@@ -76,14 +75,14 @@ using Progress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 
 /// The post-processor's settings, as in the template.
 struct Options {
-  std::string image;                      ///< the disk image (qcow2)
-  std::string accelerator = "kvm";        ///< the accelerator the build used
-  std::string output;                     ///< template; "" = default_output
-  std::optional<int> compression_level;   ///< nullopt = absent (gzip 6)
-  std::vector<std::string> include;       ///< extra files, by base name
-  std::string vagrantfile_template;       ///< a file; "" = none
-  std::string build_name;                 ///< {{.BuildName}}
-  std::string artifact_id;                ///< {{.ArtifactId}}
+  std::string image;                     ///< the disk image (qcow2)
+  std::string accelerator = "kvm";       ///< the accelerator the build used
+  std::string output;                    ///< template; "" = default_output
+  std::optional<int> compression_level;  ///< nullopt = absent (gzip 6)
+  std::vector<std::string> include;      ///< extra files, by base name
+  std::string vagrantfile_template;      ///< a file; "" = none
+  std::string build_name;                ///< {{.BuildName}}
+  std::string artifact_id;               ///< {{.ArtifactId}}
 };
 
 /// Checks the settings before any work: the output template's syntax, the
@@ -93,11 +92,11 @@ Status check(const Options& options);
 
 /// The box written.
 struct Box {
-  std::string path;                   ///< the rendered output
+  std::string path;  ///< the rendered output
   std::string provider = "libvirt";
   ImageInfo image;
   std::uint64_t virtual_size_gib = 0;
-  std::uint64_t size = 0;             ///< bytes of the .box
+  std::uint64_t size = 0;  ///< bytes of the .box
 };
 
 /// Makes the box: inspects the image, renders output and Vagrantfile with

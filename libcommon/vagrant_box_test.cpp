@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 #define BOOST_TEST_MODULE vagrant_box
-#include <boost/test/unit_test.hpp>
+#include "vagrant_box.hpp"
 
 #include <signal.h>
 
+#include <boost/test/unit_test.hpp>
 #include <fstream>
 #include <random>
 
@@ -11,7 +12,6 @@
 #include "process.hpp"
 #include "signals.hpp"
 #include "test_support.hpp"
-#include "vagrant_box.hpp"
 
 using namespace kiln;
 namespace fs = std::filesystem;
@@ -56,8 +56,8 @@ struct Fixture {
     for (auto& c : data) c = static_cast<char>(rng() & 0xff);
     std::ofstream(dir.path / "disk.raw", std::ios::binary) << data;
     fs::resize_file(dir.path / "disk.raw", (std::uint64_t{3} << 29));
-    BOOST_REQUIRE(sh("qemu-img convert -f raw -O qcow2 disk.raw disk.qcow2 && rm disk.raw",
-                     dir.path) == 0);
+    BOOST_REQUIRE(
+        sh("qemu-img convert -f raw -O qcow2 disk.raw disk.qcow2 && rm disk.raw", dir.path) == 0);
     std::ofstream(dir.path / "custom.rb")
         << "# {{.Provider}} box of {{.BuildName}} ({{.ArtifactId}}), {{user `who`}}";
     std::ofstream(dir.path / "README.md") << "read me\n";
@@ -227,8 +227,8 @@ BOOST_AUTO_TEST_CASE(bad_settings_and_interrupts_leave_nothing) {
 // Vagrant itself accepts the box (Debian's vagrant, in a private VAGRANT_HOME).
 BOOST_AUTO_TEST_CASE(vagrant_box_add_accepts_it) {
   auto vagrant = process::find_program("vagrant");
-  BOOST_REQUIRE_MESSAGE(vagrant.ok(), "vagrant is not installed (apt-get install vagrant): "
-                                          << why(vagrant));
+  BOOST_REQUIRE_MESSAGE(vagrant.ok(),
+                        "vagrant is not installed (apt-get install vagrant): " << why(vagrant));
   Fixture fx;
   auto o = fx.options();
   o.output = (fx.dir.path / "t.box").string();

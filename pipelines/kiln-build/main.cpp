@@ -53,27 +53,27 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
   cli::Parser p("kiln-build", "[OPTIONS] TEMPLATE",
                 "Build every selected build of a Packer JSON template, as packer build\n"
                 "does: template-validate | vm-launch | provision | capture | artifact-post.");
-  p.options().add_options()
-      ("only", cli::po::value<std::string>(&o.only)->value_name("NAMES"),
-       "only these builds: names or globs, comma-separated (also -only)")
-      ("except", cli::po::value<std::string>(&o.except)->value_name("NAMES"),
-       "all builds but these (also -except)")
-      ("var", cli::po::value<std::vector<std::string>>(&o.vars)->value_name("NAME=VALUE"),
-       "set a user variable (repeatable; also -var)")
-      ("var-file", cli::po::value<std::vector<std::string>>(&o.var_files)->value_name("FILE"),
-       "read user variables from a JSON file (repeatable; also -var-file)")
-      ("force", "replace existing outputs (also -force)")
-      ("on-error", cli::po::value<std::string>(&o.on_error)->value_name("WHAT"),
-       "cleanup (default), abort (leave a failed build's machine running) or "
-       "ask (also -on-error)")
-      ("parallel-builds", cli::po::value<int>(&o.parallel_builds)->value_name("N"),
-       "builds at once; 0 (default) = all")
-      ("timestamp-ui", "prefix each line with the time (also -timestamp-ui)")
-      ("machine-readable", "Packer's machine-readable lines on stdout "
-                           "(also -machine-readable)")
-      ("debug", "pause after each stage until Enter is pressed (also -debug)")
-      ("template", cli::po::value<std::string>(&o.template_path)->value_name("TEMPLATE"),
-       "the template (the positional argument)");
+  p.options().add_options()("only", cli::po::value<std::string>(&o.only)->value_name("NAMES"),
+                            "only these builds: names or globs, comma-separated (also -only)")(
+      "except", cli::po::value<std::string>(&o.except)->value_name("NAMES"),
+      "all builds but these (also -except)")(
+      "var", cli::po::value<std::vector<std::string>>(&o.vars)->value_name("NAME=VALUE"),
+      "set a user variable (repeatable; also -var)")(
+      "var-file", cli::po::value<std::vector<std::string>>(&o.var_files)->value_name("FILE"),
+      "read user variables from a JSON file (repeatable; also -var-file)")(
+      "force", "replace existing outputs (also -force)")(
+      "on-error", cli::po::value<std::string>(&o.on_error)->value_name("WHAT"),
+      "cleanup (default), abort (leave a failed build's machine running) or "
+      "ask (also -on-error)")("parallel-builds",
+                              cli::po::value<int>(&o.parallel_builds)->value_name("N"),
+                              "builds at once; 0 (default) = all")(
+      "timestamp-ui", "prefix each line with the time (also -timestamp-ui)")(
+      "machine-readable",
+      "Packer's machine-readable lines on stdout "
+      "(also -machine-readable)")("debug",
+                                  "pause after each stage until Enter is pressed (also -debug)")(
+      "template", cli::po::value<std::string>(&o.template_path)->value_name("TEMPLATE"),
+      "the template (the positional argument)");
   p.positional("template", 1);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
@@ -84,10 +84,8 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
   o.debug = vm.count("debug") > 0;
   if (o.template_path.empty()) return Error(Exit::usage, "a TEMPLATE is needed");
   if (o.on_error != "cleanup" && o.on_error != "abort" && o.on_error != "ask")
-    return Error(Exit::usage,
-                 "--on-error must be cleanup, abort or ask, not '" + o.on_error + "'");
-  if (o.parallel_builds < 0)
-    return Error(Exit::usage, "--parallel-builds must be 0 or more");
+    return Error(Exit::usage, "--on-error must be cleanup, abort or ask, not '" + o.on_error + "'");
+  if (o.parallel_builds < 0) return Error(Exit::usage, "--parallel-builds must be 0 or more");
   return outcome;
 }
 
@@ -106,10 +104,14 @@ std::string tools_dir() {
 std::string mr_escape(std::string_view s) {
   std::string out;
   for (char c : s) {
-    if (c == ',') out += "%!(PACKER_COMMA)";
-    else if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else out += c;
+    if (c == ',')
+      out += "%!(PACKER_COMMA)";
+    else if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else
+      out += c;
   }
   return out;
 }
@@ -165,8 +167,10 @@ class Ui {
   }
   void plain(const std::string& text) {
     std::lock_guard<std::mutex> lock(m_);
-    if (o_.machine_readable) line_raw(",ui,say," + mr_escape(text));
-    else line(text);
+    if (o_.machine_readable)
+      line_raw(",ui,say," + mr_escape(text));
+    else
+      line(text);
   }
 
  private:
@@ -211,7 +215,8 @@ std::string artifact_string(const rapidjson::Value& art) {
   if (id == "packer.post-processor.compress")
     return "compressed artifacts in: " + (files.empty() ? std::string() : files[0]);
   if (id == "mitchellh.post-processor.vagrant")
-    return "'" + string_or(art, "id") + "' provider box: " + (files.empty() ? std::string() : files[0]);
+    return "'" + string_or(art, "id") +
+           "' provider box: " + (files.empty() ? std::string() : files[0]);
   return "Created artifact from files: " + text::join(files, ", ");
 }
 
@@ -219,9 +224,11 @@ std::string artifact_string(const rapidjson::Value& art) {
 /// seconds", "4 milliseconds 781 microseconds").
 std::string go_duration(std::chrono::steady_clock::duration d) {
   long long us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-  const std::pair<long long, const char*> units[] = {
-      {3600LL * 1000000, "hour"}, {60LL * 1000000, "minute"}, {1000000, "second"},
-      {1000, "millisecond"}, {1, "microsecond"}};
+  const std::pair<long long, const char*> units[] = {{3600LL * 1000000, "hour"},
+                                                     {60LL * 1000000, "minute"},
+                                                     {1000000, "second"},
+                                                     {1000, "millisecond"},
+                                                     {1, "microsecond"}};
   std::vector<std::string> parts;
   for (const auto& [size, name] : units) {
     long long n = us / size;
@@ -251,8 +258,9 @@ struct BuildResult {
 
 Exit run(const Options& o) {
   log::Logger log = cli::make_logger("kiln-build", o.common);
-  const bool color = o.common.color == "always" ||
-                     (o.common.color == "auto" && ::isatty(STDOUT_FILENO) && !std::getenv("NO_COLOR"));
+  const bool color =
+      o.common.color == "always" ||
+      (o.common.color == "auto" && ::isatty(STDOUT_FILENO) && !std::getenv("NO_COLOR"));
   Ui ui(o, color && !o.machine_readable);
   const std::string tools = tools_dir();
   auto tool = [&](const std::string& name) {
@@ -320,7 +328,8 @@ Exit run(const Options& o) {
   } remove_work{work};
 
   if (!o.machine_readable) {
-    for (const auto& r : records) ui.plain(record::build_name(r) + ": output will be in this color.");
+    for (const auto& r : records)
+      ui.plain(record::build_name(r) + ": output will be in this color.");
     ui.plain("");
   }
 
@@ -355,9 +364,14 @@ Exit run(const Options& o) {
         // The tools prefix their messages with the build; the UI has it.
         for (const std::string& prefix : {"build '" + name + "': "})
           if (msg.rfind(prefix, 0) == 0) msg = msg.substr(prefix.size());
-        if (logfile) logfile << e.time << " " << e.tool << " " << e.level << ": " << msg << "\n" << std::flush;
+        if (logfile)
+          logfile << e.time << " " << e.tool << " " << e.level << ": " << msg << "\n" << std::flush;
         if (o.common.verbosity < 0 && e.level != "error") return;
-        ui.say(name, (e.level == "error" ? "error: " : e.level == "warning" ? "warning: " : "") + msg,
+        ui.say(name,
+               (e.level == "error"     ? "error: "
+                : e.level == "warning" ? "warning: "
+                                       : "") +
+                   msg,
                e.level == "error");
       };
       if (o.debug)
@@ -374,8 +388,10 @@ Exit run(const Options& o) {
       const auto& out = results[i].outcome;
       const std::string took = go_duration(std::chrono::steady_clock::now() - began);
       if (logfile) logfile << (out.ok ? "finished\n" : "errored: " + out.message + "\n");
-      if (out.ok) ui.plain("Build '" + name + "' finished after " + took + ".");
-      else ui.say("", "Build '" + name + "' errored after " + took + ": " + out.message, true);
+      if (out.ok)
+        ui.plain("Build '" + name + "' finished after " + took + ".");
+      else
+        ui.say("", "Build '" + name + "' errored after " + took + ": " + out.message, true);
       if (!out.ok) ui.machine(name, "error", {out.message});
     }
   };
@@ -394,9 +410,11 @@ Exit run(const Options& o) {
     ui.headline("Some builds didn't complete successfully and had errors:", true);
     for (const auto& r : results)
       if (!r.outcome.ok)
-        ui.plain("--> " + r.name + ": " + r.outcome.message.substr(0, r.outcome.message.find('\n')));
-    ui.machine("", "error-count", {std::to_string(std::count_if(results.begin(), results.end(),
-                                                                 [](const BuildResult& r) { return !r.outcome.ok; }))});
+        ui.plain("--> " + r.name + ": " +
+                 r.outcome.message.substr(0, r.outcome.message.find('\n')));
+    ui.machine("", "error-count",
+               {std::to_string(std::count_if(results.begin(), results.end(),
+                                             [](const BuildResult& r) { return !r.outcome.ok; }))});
   }
   bool any_artifact = false;
   for (const auto& r : results)
@@ -419,13 +437,16 @@ Exit run(const Options& o) {
         ui.machine(r.name, "artifact", {idx, "string", artifact_string(art)});
         std::vector<std::string> files;
         if (auto f = art.FindMember("files"); f != art.MemberEnd() && f->value.IsArray())
-          for (const auto& file : f->value.GetArray()) files.push_back(shown(string_or(file, "path")));
+          for (const auto& file : f->value.GetArray())
+            files.push_back(shown(string_or(file, "path")));
         ui.machine(r.name, "artifact", {idx, "files-count", std::to_string(files.size())});
         for (size_t k = 0; k < files.size(); ++k)
           ui.machine(r.name, "artifact", {idx, "file", std::to_string(k), files[k]});
         ui.machine(r.name, "artifact", {idx, "end"});
-        if (!o.machine_readable) ui.plain("--> " + r.name + ": " + artifact_string(art));
-        else ui.machine("", "ui", {"say", "--> " + r.name + ": " + artifact_string(art)});
+        if (!o.machine_readable)
+          ui.plain("--> " + r.name + ": " + artifact_string(art));
+        else
+          ui.machine("", "ui", {"say", "--> " + r.name + ": " + artifact_string(art)});
       }
     }
   }

@@ -36,23 +36,23 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
                 "Run each build record's post-processors (RECORDS, or stdin) on its\n"
                 "artifact and write the records with the artifacts left and a post\n"
                 "section; or, with --artifact and --post, post-process any files.");
-  p.options().add_options()
-      ("artifact", cli::po::value<std::vector<std::string>>(&o.request.files)->value_name("FILE"),
-       "post-process this file instead of records' artifacts (repeatable: one "
-       "artifact of all the files given)")
-      ("post", cli::po::value<std::vector<std::string>>(&o.request.posts)->value_name("PP"),
-       "a chain to run: a type (checksum), a JSON object of one post-processor or "
-       "a JSON array of them (repeatable; each is one chain)")
-      ("post-file", cli::po::value<std::string>(&o.request.post_file)->value_name("FILE"),
-       "read chains from a JSON file holding a Packer post-processors array")
-      ("name", cli::po::value<std::string>(&o.request.name)->value_name("NAME"),
-       "the build's name with --artifact/--post (default artifact-post)");
+  p.options().add_options()(
+      "artifact", cli::po::value<std::vector<std::string>>(&o.request.files)->value_name("FILE"),
+      "post-process this file instead of records' artifacts (repeatable: one "
+      "artifact of all the files given)")(
+      "post", cli::po::value<std::vector<std::string>>(&o.request.posts)->value_name("PP"),
+      "a chain to run: a type (checksum), a JSON object of one post-processor or "
+      "a JSON array of them (repeatable; each is one chain)")(
+      "post-file", cli::po::value<std::string>(&o.request.post_file)->value_name("FILE"),
+      "read chains from a JSON file holding a Packer post-processors array")(
+      "name", cli::po::value<std::string>(&o.request.name)->value_name("NAME"),
+      "the build's name with --artifact/--post (default artifact-post)");
   p.records(o.input);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
   if (!outcome || outcome->stop) return outcome;
-  o.standalone = !o.request.files.empty() || !o.request.posts.empty() ||
-                 !o.request.post_file.empty();
+  o.standalone =
+      !o.request.files.empty() || !o.request.posts.empty() || !o.request.post_file.empty();
   if (o.standalone && vm.count("records"))
     return Error(Exit::usage, "give either RECORDS or --artifact/--post/--post-file, not both");
   if (vm.count("name") && !o.standalone)
@@ -117,8 +117,8 @@ Exit run(const Options& o) {
     first.code = made.exit == Exit::ok ? Exit::dataerr : made.exit;
     first.step = "validate";
     if (made.errors.size() > 1)
-      first.message = std::to_string(made.errors.size()) + " errors; the first: " +
-                      log::describe(first);
+      first.message =
+          std::to_string(made.errors.size()) + " errors; the first: " + log::describe(first);
     rapidjson::Document rec = record::make();
     record::set_error(rec, "artifact-post", first, o.request.name,
                       made.errors.size() > 1 ? made.errors : Errors{}, log.secrets());

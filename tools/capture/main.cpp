@@ -44,27 +44,26 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
                 "Shut down the machine of each build record (RECORDS, or stdin), convert\n"
                 "its disk to the build's image formats, and write the records with an\n"
                 "artifacts section. With --disk, convert a disk image without a record.");
-  p.options().add_options()
-      ("disk", cli::po::value<std::string>(&o.disk)->value_name("FILE"),
-       "convert this disk image (any format qemu-img reads) instead of a "
-       "record's machine")
-      ("format", cli::po::value<std::vector<std::string>>(&o.formats)->value_name("LIST"),
-       "with --disk: image formats to write, comma-separated, the first one "
-       "primary (qcow2, raw, vmdk, vhdx, vdi; default qcow2)")
-      ("output-dir", cli::po::value<std::string>(&o.output_dir)->value_name("DIR"),
-       "with --disk: the folder for the images (must not exist unless --force; "
-       "default output-NAME)")
-      ("vm-name", cli::po::value<std::string>(&o.vm_name)->value_name("FILE"),
-       "with --disk: the primary image's file name (default: the disk's name "
-       "with the first format's extension)")
-      ("name", cli::po::value<std::string>(&o.name)->value_name("NAME"),
-       "with --disk: the build name of the record written (default capture)")
-      ("force", "with --disk: replace an existing output folder (Packer's -force)")
-      ("compress", "with --disk: compress a qcow2 primary image (disk_compression)")
-      ("jobs", cli::po::value<unsigned>(&o.jobs)->value_name("N"),
-       "conversions at once (default: one per core)")
-      ("passphrase-file", cli::po::value<std::string>(&o.passphrase_file)->value_name("FILE"),
-       "the passphrase of an encrypted SSH private key, in its first line");
+  p.options().add_options()("disk", cli::po::value<std::string>(&o.disk)->value_name("FILE"),
+                            "convert this disk image (any format qemu-img reads) instead of a "
+                            "record's machine")(
+      "format", cli::po::value<std::vector<std::string>>(&o.formats)->value_name("LIST"),
+      "with --disk: image formats to write, comma-separated, the first one "
+      "primary (qcow2, raw, vmdk, vhdx, vdi; default qcow2)")(
+      "output-dir", cli::po::value<std::string>(&o.output_dir)->value_name("DIR"),
+      "with --disk: the folder for the images (must not exist unless --force; "
+      "default output-NAME)")(
+      "vm-name", cli::po::value<std::string>(&o.vm_name)->value_name("FILE"),
+      "with --disk: the primary image's file name (default: the disk's name "
+      "with the first format's extension)")(
+      "name", cli::po::value<std::string>(&o.name)->value_name("NAME"),
+      "with --disk: the build name of the record written (default capture)")(
+      "force", "with --disk: replace an existing output folder (Packer's -force)")(
+      "compress", "with --disk: compress a qcow2 primary image (disk_compression)")(
+      "jobs", cli::po::value<unsigned>(&o.jobs)->value_name("N"),
+      "conversions at once (default: one per core)")(
+      "passphrase-file", cli::po::value<std::string>(&o.passphrase_file)->value_name("FILE"),
+      "the passphrase of an encrypted SSH private key, in its first line");
   p.records(o.input);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
@@ -110,8 +109,8 @@ Result<std::string> first_line_of(const std::string& path) {
 
 Exit run(const Options& o) {
   log::Logger log = cli::make_logger("capture", o.common);
-  const bool terminal = ::isatty(STDERR_FILENO) == 1 && o.common.log_format == "human" &&
-                        o.common.verbosity >= 0;
+  const bool terminal =
+      ::isatty(STDERR_FILENO) == 1 && o.common.log_format == "human" && o.common.verbosity >= 0;
   ProgressLine progress(terminal);
 
   capture::Options co;
@@ -139,11 +138,12 @@ Exit run(const Options& o) {
     if (names.empty()) names.push_back("qcow2");
     for (const std::string& n : names) {
       auto fmt = disk_image::parse_format(n);
-      if (!fmt) return cli::usage_error("capture", Error(Exit::usage, "--format: " + fmt.error().message));
+      if (!fmt)
+        return cli::usage_error("capture", Error(Exit::usage, "--format: " + fmt.error().message));
       job.formats.push_back(*fmt);
     }
-    job.output_directory = o.output_dir.empty() ? disk_image::default_output_directory(o.name)
-                                                : o.output_dir;
+    job.output_directory =
+        o.output_dir.empty() ? disk_image::default_output_directory(o.name) : o.output_dir;
     job.vm_name = o.vm_name;
     job.force = o.force;
     job.compress = o.compress;
@@ -158,9 +158,10 @@ Exit run(const Options& o) {
       build.AddMember("force", job.force, a);
     }
     Exit result = Exit::ok;
-    cli::pass_record(rec, "capture", log, [&](rapidjson::Document& r) -> Status {
-      return capture::capture_disk(r, job, co);
-    }, result);
+    cli::pass_record(
+        rec, "capture", log,
+        [&](rapidjson::Document& r) -> Status { return capture::capture_disk(r, job, co); },
+        result);
     return signals::interrupted() ? Exit::interrupted : result;
   }
 

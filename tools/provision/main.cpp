@@ -82,31 +82,30 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
                 "--host, provision any SSH host and write the record made for it.");
   std::string timeout = "5m";
   std::vector<std::string> scripts, files, inlines;
-  p.options().add_options()
-      ("host", cli::po::value<std::string>(&o.host)->value_name("HOST"),
-       "provision this SSH host instead of records' machines")
-      ("port", cli::po::value<int>(&o.port)->value_name("PORT"), "its SSH port (default 22)")
-      ("user", cli::po::value<std::string>(&o.user)->value_name("USER"),
-       "the user to log in as (default: $USER)")
-      ("key", cli::po::value<std::string>(&o.key)->value_name("FILE"),
-       "log in with this private key (ed25519, ecdsa or rsa)")
-      ("passphrase-file", cli::po::value<std::string>(&o.passphrase_file)->value_name("FILE"),
-       "read the passphrase of an encrypted key from FILE")
-      ("password-file", cli::po::value<std::string>(&o.password_file)->value_name("FILE"),
-       "log in with the password in FILE (its first line)")
-      ("agent", "log in with the keys of the ssh-agent at SSH_AUTH_SOCK")
-      ("host-key", cli::po::value<std::string>(&o.host_key)->value_name("KEY"),
-       "accept only this host key: a public key line or a SHA256:... fingerprint")
-      ("ssh-timeout", cli::po::value<std::string>(&timeout)->value_name("DURATION"),
-       "give up reaching the host after this long (default 5m)")
-      ("name", cli::po::value<std::string>(&o.name)->value_name("NAME"),
-       "the build's name in the record and the log (default provision)")
-      ("script", cli::po::value<std::vector<std::string>>(&scripts)->value_name("FILE"),
-       "upload and run a shell script (repeatable; steps run in the order given)")
-      ("file", cli::po::value<std::vector<std::string>>(&files)->value_name("SRC:DST"),
-       "upload SRC to DST on the host, with the file provisioner's rules (repeatable)")
-      ("inline", cli::po::value<std::vector<std::string>>(&inlines)->value_name("COMMAND"),
-       "run a shell command on the host (repeatable)");
+  p.options().add_options()("host", cli::po::value<std::string>(&o.host)->value_name("HOST"),
+                            "provision this SSH host instead of records' machines")(
+      "port", cli::po::value<int>(&o.port)->value_name("PORT"), "its SSH port (default 22)")(
+      "user", cli::po::value<std::string>(&o.user)->value_name("USER"),
+      "the user to log in as (default: $USER)")(
+      "key", cli::po::value<std::string>(&o.key)->value_name("FILE"),
+      "log in with this private key (ed25519, ecdsa or rsa)")(
+      "passphrase-file", cli::po::value<std::string>(&o.passphrase_file)->value_name("FILE"),
+      "read the passphrase of an encrypted key from FILE")(
+      "password-file", cli::po::value<std::string>(&o.password_file)->value_name("FILE"),
+      "log in with the password in FILE (its first line)")(
+      "agent", "log in with the keys of the ssh-agent at SSH_AUTH_SOCK")(
+      "host-key", cli::po::value<std::string>(&o.host_key)->value_name("KEY"),
+      "accept only this host key: a public key line or a SHA256:... fingerprint")(
+      "ssh-timeout", cli::po::value<std::string>(&timeout)->value_name("DURATION"),
+      "give up reaching the host after this long (default 5m)")(
+      "name", cli::po::value<std::string>(&o.name)->value_name("NAME"),
+      "the build's name in the record and the log (default provision)")(
+      "script", cli::po::value<std::vector<std::string>>(&scripts)->value_name("FILE"),
+      "upload and run a shell script (repeatable; steps run in the order given)")(
+      "file", cli::po::value<std::vector<std::string>>(&files)->value_name("SRC:DST"),
+      "upload SRC to DST on the host, with the file provisioner's rules (repeatable)")(
+      "inline", cli::po::value<std::vector<std::string>>(&inlines)->value_name("COMMAND"),
+      "run a shell command on the host (repeatable)");
   p.records(o.input);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
@@ -116,19 +115,18 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
     return Error(Exit::usage, "--ssh-timeout must be a positive duration such as 30s or 5m, not '" +
                                   timeout + "'");
   o.steps = steps_in_order(argc, argv);
-  bool standalone_only = !o.user.empty() || !o.key.empty() || !o.password_file.empty() ||
-                         o.agent || !o.host_key.empty() || !o.steps.empty() ||
-                         vm.count("port") > 0;
+  bool standalone_only = !o.user.empty() || !o.key.empty() || !o.password_file.empty() || o.agent ||
+                         !o.host_key.empty() || !o.steps.empty() || vm.count("port") > 0;
   if (o.host.empty() && standalone_only)
-    return Error(Exit::usage, "--port, --user, --key, --password-file, --agent, --host-key, "
-                              "--script, --file and --inline need --host");
+    return Error(Exit::usage,
+                 "--port, --user, --key, --password-file, --agent, --host-key, "
+                 "--script, --file and --inline need --host");
   if (!o.host.empty() && vm.count("records"))
     return Error(Exit::usage, "give either --host or RECORDS, not both");
   for (const Step& s : o.steps)
     if (s.kind == "file" && s.value.find(':') == std::string::npos)
       return Error(Exit::usage, "--file needs SRC:DST, not '" + s.value + "'");
-  if (o.port < 1 || o.port > 65535)
-    return Error(Exit::usage, "--port must be between 1 and 65535");
+  if (o.port < 1 || o.port > 65535) return Error(Exit::usage, "--port must be between 1 and 65535");
   return outcome;
 }
 
@@ -170,7 +168,8 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
   builder.AddMember("ssh_port", o.port, a);
   builder.AddMember("ssh_username", str(user), a);
   builder.AddMember("ssh_timeout", o.ssh_timeout, a);
-  if (!o.key.empty()) builder.AddMember("ssh_private_key_file", str(fs::absolute(o.key).string()), a);
+  if (!o.key.empty())
+    builder.AddMember("ssh_private_key_file", str(fs::absolute(o.key).string()), a);
 
   rapidjson::Value provisioners(rapidjson::kArrayType);
   for (const Step& s : o.steps) {
@@ -187,9 +186,9 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
       p.AddMember("sources", sources, a);
       p.AddMember("destination", str(s.value.substr(colon + 1)), a);
     } else {
-      p = provisioner::make_shell(
-          {s.kind == "script" ? fs::absolute(s.value).string() : s.value}, s.kind == "script",
-          "/bin/sh -e", "chmod +x {{.Path}}; {{.Vars}} {{.Path}}", a);
+      p = provisioner::make_shell({s.kind == "script" ? fs::absolute(s.value).string() : s.value},
+                                  s.kind == "script", "/bin/sh -e",
+                                  "chmod +x {{.Path}}; {{.Vars}} {{.Path}}", a);
     }
     provisioners.PushBack(p, a);
   }
@@ -226,8 +225,9 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
 char ask_on_terminal(const std::string& failure) {
   std::FILE* tty = std::fopen("/dev/tty", "r+");
   if (!tty) return 'c';
-  std::fprintf(tty, "%s\n[c] Clean up and exit, [a] abort without cleanup, or [r] retry step "
-                    "(build may fail even if retry succeeds)? ",
+  std::fprintf(tty,
+               "%s\n[c] Clean up and exit, [a] abort without cleanup, or [r] retry step "
+               "(build may fail even if retry succeeds)? ",
                failure.c_str());
   std::fflush(tty);
   char line[64] = {};

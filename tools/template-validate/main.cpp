@@ -2,8 +2,8 @@
 // template-validate: a Packer JSON template in, one build record per
 // selected build out.
 
-#include <ctime>
 #include <cstdio>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -30,30 +30,30 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
                 "selected build on stdout (JSON Lines). TEMPLATE - reads stdin.");
   std::vector<std::string> only, except;
   std::string on_error = "cleanup";
-  p.options().add_options()
-      ("var", cli::po::value<std::vector<std::string>>()->value_name("NAME=VALUE"),
-       "set a user variable (repeatable; also -var)")
-      ("var-file", cli::po::value<std::vector<std::string>>()->value_name("FILE"),
-       "read user variables from a JSON file (repeatable; also -var-file)")
-      ("only", cli::po::value<std::vector<std::string>>(&only)->value_name("NAMES"),
-       "only these builds: names or globs, comma-separated (also -only)")
-      ("except", cli::po::value<std::vector<std::string>>(&except)->value_name("NAMES"),
-       "all builds but these: names or globs (also -except)")
-      ("syntax-only", "only check the syntax; write no records (also -syntax-only)")
-      ("force", "outputs may be replaced: an existing output_directory is no "
-                "error, and capture overwrites (also -force)")
-      ("on-error", cli::po::value<std::string>(&on_error)->value_name("WHAT"),
-       "what later tools do with a failed build's machine: cleanup (default), "
-       "abort (leave it running) or ask")
-      ("template", cli::po::value<std::string>()->value_name("TEMPLATE"),
-       "the template (the positional argument)");
+  p.options().add_options()("var",
+                            cli::po::value<std::vector<std::string>>()->value_name("NAME=VALUE"),
+                            "set a user variable (repeatable; also -var)")(
+      "var-file", cli::po::value<std::vector<std::string>>()->value_name("FILE"),
+      "read user variables from a JSON file (repeatable; also -var-file)")(
+      "only", cli::po::value<std::vector<std::string>>(&only)->value_name("NAMES"),
+      "only these builds: names or globs, comma-separated (also -only)")(
+      "except", cli::po::value<std::vector<std::string>>(&except)->value_name("NAMES"),
+      "all builds but these: names or globs (also -except)")(
+      "syntax-only", "only check the syntax; write no records (also -syntax-only)")(
+      "force",
+      "outputs may be replaced: an existing output_directory is no "
+      "error, and capture overwrites (also -force)")(
+      "on-error", cli::po::value<std::string>(&on_error)->value_name("WHAT"),
+      "what later tools do with a failed build's machine: cleanup (default), "
+      "abort (leave it running) or ask")("template",
+                                         cli::po::value<std::string>()->value_name("TEMPLATE"),
+                                         "the template (the positional argument)");
   p.positional("template", 1);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
   if (!outcome || outcome->stop) return outcome;
 
-  if (!vm.count("template"))
-    return Error(Exit::usage, "no template given");
+  if (!vm.count("template")) return Error(Exit::usage, "no template given");
   o.request.path = vm["template"].as<std::string>();
   if (vm.count("var-file"))
     for (const std::string& f : vm["var-file"].as<std::vector<std::string>>())
@@ -77,16 +77,14 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
   o.request.syntax_only = vm.count("syntax-only") > 0;
   o.request.force = vm.count("force") > 0;
   if (on_error != "cleanup" && on_error != "abort" && on_error != "ask")
-    return Error(Exit::usage, "--on-error must be cleanup, abort or ask, not '" +
-                                  on_error + "'");
+    return Error(Exit::usage, "--on-error must be cleanup, abort or ask, not '" + on_error + "'");
   o.request.on_error = on_error;
   o.request.timestamp = static_cast<std::int64_t>(std::time(nullptr));
   return outcome;
 }
 
 /// The lines of the file an error points into, for quoting.
-void report(log::Logger& log, const Error& e, const templates::Outcome& out,
-            log::Level level) {
+void report(log::Logger& log, const Error& e, const templates::Outcome& out, log::Level level) {
   log.report(e, level);
   if (log.format() != log::Format::human || e.where.line < 1 || !log.enabled(level)) return;
   for (const json::SourceMap& map : out.sources) {

@@ -35,15 +35,15 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
                 "Start the machine of each build record (RECORDS, or stdin), wait\n"
                 "until it answers, and write the records with a machine section.");
   std::string lifetime = "2h";
-  p.options().add_options()
-      ("list", "list live machines (tab-separated: id, build, pid, port, "
-               "accelerator, seconds left) and exit")
-      ("stop", cli::po::value<std::vector<std::string>>(&o.stop)->value_name("ID"),
-       "power off machine ID (repeatable; \"all\" for every one; \"-\" for the "
-       "machines of the records on stdin) and remove its run directory")
-      ("max-lifetime", cli::po::value<std::string>(&lifetime)->value_name("DURATION"),
-       "end a machine this long after it started, whatever happens "
-       "(default 2h; a Go duration such as 90m)");
+  p.options().add_options()("list",
+                            "list live machines (tab-separated: id, build, pid, port, "
+                            "accelerator, seconds left) and exit")(
+      "stop", cli::po::value<std::vector<std::string>>(&o.stop)->value_name("ID"),
+      "power off machine ID (repeatable; \"all\" for every one; \"-\" for the "
+      "machines of the records on stdin) and remove its run directory")(
+      "max-lifetime", cli::po::value<std::string>(&lifetime)->value_name("DURATION"),
+      "end a machine this long after it started, whatever happens "
+      "(default 2h; a Go duration such as 90m)");
   p.records(o.input);
   cli::po::variables_map vm;
   auto outcome = p.parse(argc, argv, vm, o.common);
@@ -51,8 +51,9 @@ Result<cli::Outcome> parse_argv(int argc, const char* const argv[], Options& o) 
   o.list = vm.count("list") > 0;
   double seconds = 0;
   if (!gotime::parse_duration(lifetime, seconds) || seconds <= 0)
-    return Error(Exit::usage, "--max-lifetime must be a positive duration such as 2h or 90m, not '" +
-                                  lifetime + "'");
+    return Error(
+        Exit::usage,
+        "--max-lifetime must be a positive duration such as 2h or 90m, not '" + lifetime + "'");
   o.max_lifetime = std::chrono::seconds(static_cast<long>(seconds));
   return outcome;
 }
@@ -128,9 +129,12 @@ Exit run(const Options& o) {
   return cli::pass_records(o.input, "vm-launch", log, [&](rapidjson::Document& rec) -> Status {
     Status st;
     if (rec.HasMember("machine"))
-      st = Error(Exit::dataerr, "the record already has a machine (" +
-                                    std::string(rec["machine"].HasMember("id") && rec["machine"]["id"].IsString()
-                                                    ? rec["machine"]["id"].GetString() : "?") + ")");
+      st = Error(Exit::dataerr,
+                 "the record already has a machine (" +
+                     std::string(rec["machine"].HasMember("id") && rec["machine"]["id"].IsString()
+                                     ? rec["machine"]["id"].GetString()
+                                     : "?") +
+                     ")");
     else
       st = launch::launch(rec, lo);
     if (st) return st;
