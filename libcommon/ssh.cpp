@@ -407,6 +407,16 @@ Result<StatePtr> open_once(const Endpoint& ep, Clock::time_point deadline) {
   return handshake(*fd, ep, deadline);
 }
 
+/// Whether a wait for the SSH server at `where` goes on: should_stop()'s
+/// Error, or Exit::interrupted after a signal.
+Status keep_waiting(const std::function<Status()>& should_stop, const std::string& where) {
+  if (should_stop)
+    if (auto st = should_stop(); !st) return st;
+  if (signals::interrupted())
+    return Error(Exit::interrupted, "interrupted while waiting for SSH on " + where);
+  return {};
+}
+
 /// The first of several connections to `ep` on which the server speaks (its
 /// banner, peeked at, not read): one is opened at once and another every
 /// kRetryEvery while none has spoken, the oldest dropped beyond kMaxSilent;
@@ -426,12 +436,7 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
   std::string last = "no answer from " + where;
   auto next_open = Clock::now();
   for (;;) {
-    if (should_stop) {
-      auto st = should_stop();
-      if (!st) return std::move(st).error();
-    }
-    if (signals::interrupted())
-      return Error(Exit::interrupted, "interrupted while waiting for SSH on " + where);
+    if (auto st = keep_waiting(should_stop, where); !st) return std::move(st).error();
     auto now = Clock::now();
     if (now >= until) return Error(Exit::tempfail, last);
     if (now >= next_open) {
@@ -895,12 +900,7 @@ Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
   int tries = 0;
   int slow_tries = 0;
   for (;;) {
-    if (should_stop) {
-      auto st = should_stop();
-      if (!st) return std::move(st).error();
-    }
-    if (signals::interrupted())
-      return Error(Exit::interrupted, "interrupted while waiting for SSH on " + where);
+    if (auto st = keep_waiting(should_stop, where); !st) return std::move(st).error();
     const auto tried_at = Clock::now();
     if (tried_at >= deadline) break;
 
