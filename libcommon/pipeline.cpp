@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <spawn.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "fd.hpp"
 #include "json.hpp"
 #include "machine.hpp"
 #include "record.hpp"
@@ -127,13 +129,16 @@ Result<Ended> run_stage(const std::string& program, const std::vector<std::strin
   emit_lines(true);
   ::close(err_pipe[0]);
   int status = 0;
+  // The stage closed stderr as it ends: a pidfd says the moment it has.
+  const UniqueFd exited(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
   for (;;) {
     pid_t w = ::waitpid(pid, &status, WNOHANG);
     if (w == pid) break;
     if (w < 0 && errno != EINTR)
       return Error(Exit::software, "waitpid: " + std::string(std::strerror(errno)));
     pass_on_interrupt();
-    ::usleep(50 * 1000);
+    pollfd p{exited.get(), POLLIN, 0};
+    if (exited.get() < 0 || ::poll(&p, 1, 50) < 0) ::usleep(50 * 1000);
   }
   Ended e;
   e.pid = pid;
