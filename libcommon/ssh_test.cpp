@@ -242,6 +242,22 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
+/// A listening socket on a free loopback port, which goes into `port`.
+int listen_on_loopback(int& port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 64) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    throw std::runtime_error("cannot listen on loopback");
+  }
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
 bool port_accepts(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
@@ -1451,15 +1467,7 @@ BOOST_AUTO_TEST_CASE(nothing_listening_is_tempfail_at_the_deadline) {
 class FakeServer {
  public:
   explicit FakeServer(std::function<void(int)> serve) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 16) != 0 ||
-        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
-      throw std::runtime_error("cannot listen on loopback");
-    port_ = ntohs(a.sin_port);
+    fd_ = listen_on_loopback(port_);
     thread_ = std::thread([this, serve = std::move(serve)] {
       for (;;) {
         int c = ::accept(fd_, nullptr, nullptr);
@@ -1522,15 +1530,7 @@ class BootingForwarder {
  public:
   BootingForwarder(int to_port, std::chrono::milliseconds switch_after)
       : to_port_(to_port), switch_at_(Clock::now() + switch_after) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 64) != 0 ||
-        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
-      throw std::runtime_error("cannot listen on loopback");
-    port_ = ntohs(a.sin_port);
+    fd_ = listen_on_loopback(port_);
     accepter_ = std::thread([this] {
       for (;;) {
         int c = ::accept(fd_, nullptr, nullptr);
