@@ -2,7 +2,6 @@
 #include "capture.hpp"
 
 #include <poll.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -77,7 +76,7 @@ struct Machine {
   bool wait_gone(Clock::time_point until) const {
     // A pidfd wakes the wait the moment qemu exits (alive() first ties the
     // pid to this machine's run directory).
-    const UniqueFd pidfd(alive() ? static_cast<int>(::syscall(SYS_pidfd_open, qemu_pid, 0)) : -1);
+    const UniqueFd pidfd = alive() ? open_pidfd(qemu_pid) : UniqueFd();
     while (alive()) {
       const auto now = Clock::now();
       if (now >= until || signals::interrupted()) return false;

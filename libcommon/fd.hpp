@@ -3,6 +3,8 @@
 /// A UniqueFd owns one file descriptor and closes it when destroyed or
 /// reset; moving hands the ownership on, release() hands it to the caller.
 
+#include <sys/syscall.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <utility>
@@ -37,5 +39,11 @@ class UniqueFd {
  private:
   int fd_ = -1;
 };
+
+/// A pidfd of process `pid` (readable once it has exited), or an empty
+/// UniqueFd where the kernel has none.
+inline UniqueFd open_pidfd(pid_t pid) {
+  return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+}
 
 }  // namespace kiln

@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <spawn.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -130,7 +129,7 @@ Result<Ended> run_stage(const std::string& program, const std::vector<std::strin
   ::close(err_pipe[0]);
   int status = 0;
   // The stage closed stderr as it ends: a pidfd says the moment it has.
-  const UniqueFd exited(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  const UniqueFd exited = open_pidfd(pid);
   for (;;) {
     pid_t w = ::waitpid(pid, &status, WNOHANG);
     if (w == pid) break;

@@ -258,15 +258,22 @@ int listen_on_loopback(int& port) {
   return fd;
 }
 
-bool port_accepts(int port) {
+/// A socket connected to `port` on loopback, or -1 when nothing accepts.
+int connect_to_loopback(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(static_cast<uint16_t>(port));
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) return fd;
   ::close(fd);
-  return ok;
+  return -1;
+}
+
+bool port_accepts(int port) {
+  int fd = connect_to_loopback(port);
+  if (fd >= 0) ::close(fd);
+  return fd >= 0;
 }
 
 std::string random_hex(size_t n) {
@@ -1562,12 +1569,8 @@ class BootingForwarder {
 
  private:
   void forward(int client) {
-    int server = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(to_port_));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    int server = connect_to_loopback(to_port_);
+    if (server >= 0) {
       pollfd p[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
       char buf[16384];
       for (bool open = true; open && ::poll(p, 2, -1) > 0;)
@@ -1576,9 +1579,9 @@ class BootingForwarder {
           ssize_t n = ::read(p[i].fd, buf, sizeof buf);
           open = n > 0 && ::write(p[1 - i].fd, buf, static_cast<size_t>(n)) == n;
         }
+      ::close(server);
     }
     ::shutdown(client, SHUT_RDWR);
-    ::close(server);
   }
 
   int fd_ = -1;
