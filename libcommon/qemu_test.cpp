@@ -43,6 +43,25 @@ BOOST_AUTO_TEST_CASE(defaults_follow_the_settings) {
   BOOST_TEST(l.find("-qmp unix:/run/m/qmp.sock,server=on,wait=off") != std::string::npos, l);
 }
 
+BOOST_AUTO_TEST_CASE(only_the_devices_the_build_needs) {
+  // No default CD-ROM, floppy, parallel port or monitor: -nodefaults, then
+  // qemu's default display adapter put back.
+  std::string l = line("{}", inputs());
+  BOOST_TEST(l.rfind("-nodefaults -name packer", 0) == 0, l);
+  BOOST_TEST(l.find("-vga std") != std::string::npos, l);
+  BOOST_TEST(l.find("media=cdrom") == std::string::npos, l);
+  // A display of the template's own replaces it.
+  l = line(R"({"qemuargs": [["-vga", "virtio"]]})", inputs());
+  BOOST_TEST(l.find("-vga virtio") != std::string::npos, l);
+  BOOST_TEST(l.find("-vga std") == std::string::npos, l);
+  l = line(R"({"qemuargs": [["-device", "virtio-vga-gl"]]})", inputs());
+  BOOST_TEST(l.find(" -vga ") == std::string::npos, l);
+  l = line(R"({"qemuargs": [["-device", "qxl-vga,vgamem_mb=32"]]})", inputs());
+  BOOST_TEST(l.find(" -vga ") == std::string::npos, l);
+  l = line(R"({"qemuargs": [["-device", "virtio-rng-pci"]]})", inputs());
+  BOOST_TEST(l.find("-vga std") != std::string::npos, l);
+}
+
 BOOST_AUTO_TEST_CASE(install_iso_and_cdroms) {
   auto in = inputs();
   in.install_iso = "/isos/debian.iso";
