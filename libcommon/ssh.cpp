@@ -97,6 +97,9 @@ using namespace std::chrono_literals;
 
 /// Pause between two tries to reach a server that is not up yet.
 constexpr milliseconds kRetryEvery = 200ms;
+/// Pause before the next connection when the last one was closed at once
+/// (see first_to_speak).
+constexpr milliseconds kAgainAfterClose = 25ms;
 /// How long the first try of wait_until_ready may take, and how much longer
 /// each try after one that ran out of time.
 constexpr milliseconds kFirstTry = 600ms;
@@ -420,7 +423,10 @@ Status keep_waiting(const std::function<Status()>& should_stop, const std::strin
 /// The first of several connections to `ep` on which the server speaks (its
 /// banner, peeked at, not read): one is opened at once and another every
 /// kRetryEvery while none has spoken, the oldest dropped beyond kMaxSilent;
-/// those the server closes are dropped. qemu's user network accepts a
+/// those the server closes are dropped, and the next one is opened after
+/// kAgainAfterClose instead: a close is the guest's network answering (a
+/// reset: nothing listens yet), so its SSH server is moments away. qemu's
+/// user network accepts a
 /// connection before the guest listens, and when the guest missed that
 /// connection's SYN (its network not up yet) it stays silent for seconds,
 /// until slirp sends the SYN again; a fresh connection is answered at once,
@@ -470,6 +476,7 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
       last = where + " closed the connection before the SSH handshake" +
              (n < 0 ? std::string(" (") + std::strerror(errno) + ")" : std::string());
       silent.erase(silent.begin() + static_cast<std::ptrdiff_t>(i));
+      next_open = std::min(next_open, Clock::now() + kAgainAfterClose);
     }
   }
 }
