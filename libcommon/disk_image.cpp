@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <future>
 #include <thread>
 
 #include "fd.hpp"
@@ -405,6 +406,7 @@ struct Worker {
   std::uint64_t total = 0;
   Status status;       // read only after `finished`
   std::string sha256;  // likewise
+  std::optional<Result<Info>> info;  // likewise: the image's, beside a digest
 
   ~Worker() {
     if (thread.joinable()) thread.join();
@@ -665,19 +667,24 @@ void Run::start_digest(Job& job) {
   w->total = std::max<std::uint64_t>(fs::file_size(job.staged, ec), 1);
   std::string path = job.staged.string();
   w->thread = std::thread([w, path, this] {
+    // qemu-img info (for the virtual size) runs beside the digest, not
+    // after it.
+    auto looked = std::async(std::launch::async, [path] { return info(path); });
     auto sum = file_sha256(
         path, [this] { return stop_.load(); }, [w](std::uint64_t n) { w->done = n; });
     if (sum)
       w->sha256 = *sum;
     else
       w->status = sum.error();
+    w->info = looked.get();
     w->finished = true;
   });
 }
 
 Status Run::finalize(Job& job) {
   if (job.worker && job.worker->thread.joinable()) job.worker->thread.join();
-  auto image = info(job.staged.string());
+  Result<Info> image = job.worker && job.worker->info ? std::move(*job.worker->info)
+                                                      : info(job.staged.string());
   if (!image) return image.error();
   struct stat st {};
   if (::stat(job.staged.c_str(), &st) != 0)

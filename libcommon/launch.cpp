@@ -70,16 +70,40 @@ std::string tail(const fs::path& file, size_t lines = 15) {
 }
 
 /// The line of the serial log that reports a kernel panic, if any.
-std::string panic_line(const fs::path& serial) {
-  std::ifstream in(serial, std::ios::binary);
-  std::string line;
-  while (std::getline(in, line))
-    if (line.find("Kernel panic") != std::string::npos) {
-      while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-      return line;
-    }
-  return {};
-}
+/// Watches a serial log for the kernel's panic line, reading only what was
+/// added since the last look (the wait for SSH looks many times a second).
+class PanicWatch {
+ public:
+  explicit PanicWatch(fs::path serial) : serial_(std::move(serial)) {}
+
+  /// The panic line (trimmed), once there is one; empty before.
+  const std::string& check() {
+    if (!found_.empty()) return found_;
+    std::ifstream in(serial_, std::ios::binary);
+    if (!in || !in.seekg(static_cast<std::streamoff>(read_))) return found_;
+    std::string added((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    read_ += added.size();
+    pending_ += added;
+    // Whole lines go; a partial one is kept for the next look (and is
+    // searched too: the panic may be the last thing written).
+    for (size_t nl; (nl = pending_.find('\n')) != std::string::npos; pending_.erase(0, nl + 1))
+      if (take(pending_.substr(0, nl))) return found_;
+    if (take(pending_)) return found_;
+    if (pending_.size() > 4096) pending_.erase(0, pending_.size() - 4096);
+    return found_;
+  }
+
+ private:
+  bool take(std::string line) {
+    if (line.find("Kernel panic") == std::string::npos) return false;
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    found_ = std::move(line);
+    return true;
+  }
+  fs::path serial_;
+  std::uint64_t read_ = 0;
+  std::string pending_, found_;
+};
 
 /// A local path from Packer's iso_url forms: a path or file://.
 std::string local_path(const std::string& url) {
@@ -505,9 +529,10 @@ Status launch(rapidjson::Document& record, const Options& options) {
   } stopper{plan.id};
 
   fs::path serial = plan.inputs.serial_log;
+  PanicWatch panics(serial);
   auto check_alive = [&]() -> Status {
     if (signals::interrupted()) return Error(Exit::interrupted, "interrupted");
-    std::string panic = panic_line(serial);
+    const std::string& panic = panics.check();
     if (!panic.empty())
       return Error(Exit::unavailable, "the guest panicked before it was ready: " + panic +
                                           "\nserial console (last lines):\n" + tail(serial));

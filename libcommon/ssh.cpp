@@ -97,8 +97,11 @@ using namespace std::chrono_literals;
 
 /// Pause between two tries to reach a server that is not up yet.
 constexpr milliseconds kRetryEvery = 200ms;
-/// Pause before the next connection when the last one was closed at once
-/// (see first_to_speak).
+/// While the connections first_to_speak opened stay silent, a new one
+/// every kOpenEvery, the oldest kept for kMaxSilent * kOpenEvery (2.4 s);
+/// after one the guest closed at once, the next after kAgainAfterClose.
+constexpr milliseconds kOpenEvery = 50ms;
+constexpr std::size_t kMaxSilent = 48;
 constexpr milliseconds kAgainAfterClose = 25ms;
 /// How long the first try of wait_until_ready may take, and how much longer
 /// each try after one that ran out of time.
@@ -422,7 +425,8 @@ Status keep_waiting(const std::function<Status()>& should_stop, const std::strin
 
 /// The first of several connections to `ep` on which the server speaks (its
 /// banner, peeked at, not read): one is opened at once and another every
-/// kRetryEvery while none has spoken, the oldest dropped beyond kMaxSilent;
+/// kOpenEvery while none has spoken (kRetryEvery after a refused one), the
+/// oldest dropped beyond kMaxSilent;
 /// those the server closes are dropped, and the next one is opened after
 /// kAgainAfterClose instead: a close is the guest's network answering (a
 /// reset: nothing listens yet), so its SSH server is moments away. qemu's
@@ -430,13 +434,12 @@ Status keep_waiting(const std::function<Status()>& should_stop, const std::strin
 /// connection before the guest listens, and when the guest missed that
 /// connection's SYN (its network not up yet) it stays silent for seconds,
 /// until slirp sends the SYN again; a fresh connection is answered at once,
-/// while a slow one keeps its chance for kMaxSilent * kRetryEvery.
-/// `should_stop()` runs every kRetryEvery at most (its Error is returned as
-/// is). Errors: Exit::tempfail when none spoke by `until` (with the last
+/// while a slow one keeps its chance for kMaxSilent * kOpenEvery.
+/// `should_stop()` runs at each wake-up, every kOpenEvery or sooner (its
+/// Error is returned as is). Errors: Exit::tempfail when none spoke by `until` (with the last
 /// reason), Exit::interrupted, and tcp_connect's errors no retry cures.
 Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
                            const std::function<Status()>& should_stop) {
-  constexpr std::size_t kMaxSilent = 12;
   const std::string where = where_of(ep);
   std::vector<UniqueFd> silent;
   std::string last = "no answer from " + where;
@@ -448,6 +451,7 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
     if (now >= next_open) {
       if (silent.size() == kMaxSilent) silent.erase(silent.begin());  // the oldest
       auto fd = tcp_connect(ep, std::min(until, now + kRetryEvery));
+      auto pause = kOpenEvery;
       if (fd) {
         silent.emplace_back(*fd);
         last = "no answer from " + where;
@@ -455,9 +459,10 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
         return fd.error();
       } else {
         last = fd.error().message;
+        pause = kRetryEvery;
       }
       now = Clock::now();
-      next_open = now + kRetryEvery;
+      next_open = now + pause;
     }
     std::vector<pollfd> polled;
     for (const auto& fd : silent) polled.push_back({fd.get(), POLLIN, 0});

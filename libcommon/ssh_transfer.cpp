@@ -57,6 +57,8 @@ constexpr size_t kMaxPacket = 256u << 10;
 /// Progress is reported after this much more, or this much time.
 constexpr uint64_t kProgressBytes = 256u << 10;
 constexpr milliseconds kProgressEvery{200};
+/// How long an SFTP start may take before a probe looks into it (use_sftp).
+constexpr milliseconds kSftpPatience{1500};
 /// SFTP's "open for writing, create, truncate".
 constexpr unsigned long kWriteFlags = LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC;
 
@@ -365,35 +367,59 @@ Result<bool> probe_sftp(Transfer& t) {
 /// Whether this transfer goes by SFTP, starting the subsystem on first
 /// use. Under `automatic`, a server that refuses the subsystem (or whose
 /// subsystem ends at once) means SCP from then on.
+///
+/// The subsystem is started once, by libssh2_sftp_init itself. libssh2
+/// 1.10's sftp_init waits forever for the answer from a subsystem that
+/// ended before giving one, so a start that has not finished after
+/// kSftpPatience is looked into by probe_sftp on a channel of its own,
+/// which sees such an end: no SFTP then, and the start is left unfinished
+/// (the session frees it); an SFTP the probe found working is waited for.
 Result<bool> use_sftp(Transfer& t, TransferMethod method) {
   SessionState& im = t.im;
   if (method == TransferMethod::scp) return false;
   if (im.sftp) return true;
-  if (im.has_sftp == false) {
+  auto none = [&]() -> Result<bool> {
+    im.has_sftp = false;
     if (method == TransferMethod::automatic) return false;
     return Error(Exit::protocol, im.where + " offers no SFTP subsystem");
-  }
+  };
+  if (im.has_sftp == false) return none();
   im.reap();
-  if (!im.has_sftp) {
-    auto offered = probe_sftp(t);
-    if (!offered) return offered.error();
-    im.has_sftp = *offered;
-    if (!*offered) {
-      if (method == TransferMethod::automatic) return false;
-      return Error(Exit::protocol, im.where + " offers no SFTP subsystem");
+  const std::string doing = "starting SFTP";
+  const auto patience_until = Clock::now() + kSftpPatience;
+  bool probed = false;
+  for (;;) {
+    if (int c = t.check()) return t.failure(c, doing);
+    LIBSSH2_SFTP* sftp = libssh2_sftp_init(im.s);
+    if (sftp) {
+      im.sftp = sftp;
+      im.has_sftp = true;
+      return true;
     }
+    const int rc = libssh2_session_last_errno(im.s);
+    if (rc != LIBSSH2_ERROR_EAGAIN) {
+      if (is_connection_loss(rc)) return t.failure(rc, doing);
+      // Refused (the server has no such subsystem): libssh2 says so in
+      // these words. Any other failure is told apart by the probe.
+      if (im.last_error().find("Unable to request SFTP subsystem") != std::string::npos)
+        return none();
+      auto offered = probe_sftp(t);
+      if (!offered) return offered.error();
+      if (!*offered) return none();
+      return t.failure(rc, doing);
+    }
+    if (!probed) {
+      Waited w = wait_fd(im.fd, blocked_events(im.s), patience_until, true, kSftpPatience);
+      if (w == Waited::interrupted) return t.failure(kInterrupted, doing);
+      if (w != Waited::timeout) continue;
+      probed = true;
+      auto offered = probe_sftp(t);
+      if (!offered) return offered.error();
+      if (!*offered) return none();
+      continue;
+    }
+    if (int w = t.wait()) return t.failure(w, doing);
   }
-  LIBSSH2_SFTP* sftp = nullptr;
-  int rc = t.drive([&] {
-    sftp = libssh2_sftp_init(im.s);
-    return sftp ? 0 : libssh2_session_last_errno(im.s);
-  });
-  if (rc == 0) {
-    im.sftp = sftp;
-    im.has_sftp = true;
-    return true;
-  }
-  return t.failure(rc, "starting SFTP");
 }
 
 /// stat (links followed) of `path`; nullopt when there is nothing there.
