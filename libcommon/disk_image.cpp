@@ -16,6 +16,7 @@
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/process.hpp>
 #include <boost/process/extend.hpp>
 #include <cerrno>
@@ -618,6 +619,7 @@ void Run::start(Job& job) {
     w->thread = std::thread([w, from, to, this] {
       w->status = sparse_copy(from, to, stop_, w->done);
       w->finished = true;
+      boost::asio::post(io_, [] {});  // wakes the loop
     });
     return;
   }
@@ -678,6 +680,7 @@ void Run::start_digest(Job& job) {
       w->status = sum.error();
     w->info = looked.get();
     w->finished = true;
+    boost::asio::post(io_, [] {});  // wakes the loop
   });
 }
 
@@ -861,7 +864,10 @@ Status Run::go() {
       }
     }
 
-    io_.run_for(std::chrono::milliseconds(25));
+    // Until something happens (a child's output or end, a worker's end,
+    // which posts to io_), 25 ms at most; then whatever else is ready.
+    io_.run_one_for(std::chrono::milliseconds(25));
+    io_.poll();
 
     bool all_done = true;
     for (auto& job : jobs_) {
