@@ -65,6 +65,9 @@ struct Options {
   std::string output;                       ///< template; "" = default_output
   std::string build_name;                   ///< {{.BuildName}}
   std::string builder_type;                 ///< {{.BuilderType}}
+  /// A file's SHA-256 when it is known already and still right (capture
+  /// digests the images it writes); only used when sha256 is the one type.
+  std::function<std::optional<std::string>(const std::string& path)> known_sha256;
 };
 
 /// Checks the settings as Packer's Configure does: every type known and the

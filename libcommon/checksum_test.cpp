@@ -221,6 +221,43 @@ BOOST_AUTO_TEST_CASE(types_sharing_one_output_follow_packers_order) {
                           "\tb.img\n");
 }
 
+// A digest known already (capture's) is used, not read again; only when
+// sha256 is the one type asked for.
+BOOST_AUTO_TEST_CASE(a_known_sha256_is_used_instead_of_reading) {
+  testing::TempDir dir;
+  const fs::path a = dir.path / "a.img";
+  const fs::path b = dir.path / "b.img";
+  write_random(a, 100, 1);
+  write_random(b, 100, 2);
+  const std::string fake(64, 'f');
+  std::vector<std::string> asked;
+  checksum::Options o;
+  o.checksum_types = {"sha256"};
+  o.output = (dir.path / "SUMS_{{.ChecksumType}}").string();
+  o.known_sha256 = [&](const std::string& path) -> std::optional<std::string> {
+    asked.push_back(path);
+    if (path == a.string()) return fake;
+    return std::nullopt;
+  };
+  auto w = checksum::run({a.string(), b.string()}, o, context());
+  BOOST_REQUIRE_MESSAGE(w.ok(), why(w));
+  BOOST_TEST(asked.size() == 2u);
+  auto text = read_file(dir.path / "SUMS_sha256");
+  BOOST_REQUIRE(text.ok());
+  BOOST_TEST(*text == fake + "\ta.img\n" + coreutils("sha256", b) + "\tb.img\n");
+
+  // With another type the file is read anyway, and every digest is its own.
+  asked.clear();
+  o.checksum_types = {"sha256", "md5"};
+  fs::remove(dir.path / "SUMS_sha256");
+  w = checksum::run({a.string()}, o, context());
+  BOOST_REQUIRE_MESSAGE(w.ok(), why(w));
+  BOOST_TEST(asked.empty());
+  text = read_file(dir.path / "SUMS_sha256");
+  BOOST_REQUIRE(text.ok());
+  BOOST_TEST(*text == coreutils("sha256", a) + "\ta.img\n");
+}
+
 BOOST_AUTO_TEST_CASE(a_missing_file_writes_nothing) {
   testing::TempDir dir;
   write_random(dir.path / "a", 10, 1);

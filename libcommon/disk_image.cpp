@@ -703,6 +703,8 @@ Status Run::finalize(Job& job) {
   job.artifact.allocated = static_cast<std::uint64_t>(st.st_blocks) * 512;
   job.artifact.virtual_size = image->virtual_size;
   if (job.worker) job.artifact.sha256 = job.worker->sha256;
+  job.artifact.mtime_ns =
+      static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   job.worker.reset();
   if (options_.progress) options_.progress({job.index, Stage::done, 1.0, overall()});
   return {};

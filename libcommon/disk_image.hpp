@@ -134,6 +134,7 @@ struct Artifact {
   std::uint64_t allocated = 0;     ///< bytes it takes on disk (st_blocks * 512; less for holes)
   std::uint64_t virtual_size = 0;  ///< the guest's disk size, from qemu-img info
   std::string sha256;              ///< lowercase hex of the file; "" when not asked
+  std::int64_t mtime_ns = 0;       ///< its modification time when digested (ns since 1970)
 };
 
 enum class Stage { converting, digesting, done };

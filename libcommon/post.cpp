@@ -209,6 +209,31 @@ Result<Outcome> run_checksum(const Value& pp, const ArtifactPtr& in, Job& job) {
   co.output = string_or(pp, "output");
   co.build_name = job.build_name;
   co.builder_type = job.build_type;
+  // A SHA-256 capture made as it wrote an image is used again while the
+  // file is as it was then (the same size and modification time), rather
+  // than read again.
+  std::map<std::string, std::string> known;
+  if (auto f = in->json.FindMember("files"); f != in->json.MemberEnd() && f->value.IsArray())
+    for (const auto& e : f->value.GetArray()) {
+      const std::string path = string_or(e, "path"), sum = string_or(e, "sha256");
+      auto size = e.FindMember("size"), mtime = e.FindMember("mtime_ns");
+      if (path.empty() || sum.empty() || size == e.MemberEnd() || !size->value.IsUint64() ||
+          mtime == e.MemberEnd() || !mtime->value.IsInt64())
+        continue;
+      struct stat st {};
+      if (::stat(path.c_str(), &st) != 0) continue;
+      const std::int64_t now_ns =
+          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+      if (static_cast<std::uint64_t>(st.st_size) != size->value.GetUint64() ||
+          now_ns != mtime->value.GetInt64())
+        continue;
+      known[absolute(path)] = sum;
+    }
+  co.known_sha256 = [&known](const std::string& path) -> std::optional<std::string> {
+    auto k = known.find(absolute(path));
+    if (k == known.end()) return std::nullopt;
+    return k->second;
+  };
   const auto files = in->files();
   if (!files.empty())
     job.say(
