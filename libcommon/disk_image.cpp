@@ -21,10 +21,10 @@
 #include <boost/process/extend.hpp>
 #include <cerrno>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <optional>
 #include <set>
-#include <future>
 #include <thread>
 
 #include "fd.hpp"
@@ -405,8 +405,8 @@ struct Worker {
   std::atomic<std::uint64_t> done{0};
   std::atomic<bool> finished{false};
   std::uint64_t total = 0;
-  Status status;       // read only after `finished`
-  std::string sha256;  // likewise
+  Status status;                     // read only after `finished`
+  std::string sha256;                // likewise
   std::optional<Result<Info>> info;  // likewise: the image's, beside a digest
 
   ~Worker() {
@@ -686,8 +686,8 @@ void Run::start_digest(Job& job) {
 
 Status Run::finalize(Job& job) {
   if (job.worker && job.worker->thread.joinable()) job.worker->thread.join();
-  Result<Info> image = job.worker && job.worker->info ? std::move(*job.worker->info)
-                                                      : info(job.staged.string());
+  Result<Info> image =
+      job.worker && job.worker->info ? std::move(*job.worker->info) : info(job.staged.string());
   if (!image) return image.error();
   struct stat st {};
   if (::stat(job.staged.c_str(), &st) != 0)
@@ -703,8 +703,7 @@ Status Run::finalize(Job& job) {
   job.artifact.allocated = static_cast<std::uint64_t>(st.st_blocks) * 512;
   job.artifact.virtual_size = image->virtual_size;
   if (job.worker) job.artifact.sha256 = job.worker->sha256;
-  job.artifact.mtime_ns =
-      static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  job.artifact.mtime_ns = mtime_ns(st);
   job.worker.reset();
   if (options_.progress) options_.progress({job.index, Stage::done, 1.0, overall()});
   return {};

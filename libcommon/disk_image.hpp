@@ -5,6 +5,8 @@
 /// and turning one provisioned disk into images for several platforms at
 /// once (convert), each written whole or not at all.
 
+#include <sys/stat.h>
+
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -136,6 +138,13 @@ struct Artifact {
   std::string sha256;              ///< lowercase hex of the file; "" when not asked
   std::int64_t mtime_ns = 0;       ///< its modification time when digested (ns since 1970)
 };
+
+/// A file's modification time in nanoseconds since 1970: an artifact's
+/// mtime_ns in the record (taken when capture digests an image; compared by
+/// artifact-post before it uses that digest again).
+inline std::int64_t mtime_ns(const struct stat& st) {
+  return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
 
 enum class Stage { converting, digesting, done };
 

@@ -17,6 +17,7 @@
 #include "atomic_file.hpp"
 #include "checksum.hpp"
 #include "compress.hpp"
+#include "disk_image.hpp"
 #include "log.hpp"
 #include "manifest.hpp"
 #include "provisioner.hpp"
@@ -222,10 +223,8 @@ Result<Outcome> run_checksum(const Value& pp, const ArtifactPtr& in, Job& job) {
         continue;
       struct stat st {};
       if (::stat(path.c_str(), &st) != 0) continue;
-      const std::int64_t now_ns =
-          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
       if (static_cast<std::uint64_t>(st.st_size) != size->value.GetUint64() ||
-          now_ns != mtime->value.GetInt64())
+          disk_image::mtime_ns(st) != mtime->value.GetInt64())
         continue;
       known[absolute(path)] = sum;
     }
