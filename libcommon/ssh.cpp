@@ -426,17 +426,16 @@ Status keep_waiting(const std::function<Status()>& should_stop, const std::strin
 /// The first of several connections to `ep` on which the server speaks (its
 /// banner, peeked at, not read): one is opened at once and another every
 /// kOpenEvery while none has spoken (kRetryEvery after a refused one), the
-/// oldest dropped beyond kMaxSilent;
-/// those the server closes are dropped, and the next one is opened after
-/// kAgainAfterClose instead: a close is the guest's network answering (a
-/// reset: nothing listens yet), so its SSH server is moments away. qemu's
-/// user network accepts a
-/// connection before the guest listens, and when the guest missed that
-/// connection's SYN (its network not up yet) it stays silent for seconds,
-/// until slirp sends the SYN again; a fresh connection is answered at once,
-/// while a slow one keeps its chance for kMaxSilent * kOpenEvery.
-/// `should_stop()` runs at each wake-up, every kOpenEvery or sooner (its
-/// Error is returned as is). Errors: Exit::tempfail when none spoke by `until` (with the last
+/// oldest dropped beyond kMaxSilent. Those the server closes are dropped,
+/// and the next one is opened after kAgainAfterClose instead: a close is
+/// the guest's network answering (a reset: nothing listens yet), so its SSH
+/// server is moments away. qemu's user network accepts a connection before
+/// the guest listens, and when the guest missed that connection's SYN (its
+/// network not up yet) it stays silent for seconds, until slirp sends the
+/// SYN again; a fresh connection is answered at once, while a slow one
+/// keeps its chance for kMaxSilent * kOpenEvery. `should_stop()` runs at
+/// each wake-up, every kOpenEvery or sooner (its Error is returned as is).
+/// Errors: Exit::tempfail when none spoke by `until` (with the last
 /// reason), Exit::interrupted, and tcp_connect's errors no retry cures.
 Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
                            const std::function<Status()>& should_stop) {

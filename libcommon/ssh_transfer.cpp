@@ -384,6 +384,13 @@ Result<bool> use_sftp(Transfer& t, TransferMethod method) {
     return Error(Exit::protocol, im.where + " offers no SFTP subsystem");
   };
   if (im.has_sftp == false) return none();
+  // true: the probe saw an SFTP server answer; else what use_sftp returns.
+  auto probe = [&]() -> Result<bool> {
+    auto offered = probe_sftp(t);
+    if (!offered) return offered.error();
+    if (!*offered) return none();
+    return true;
+  };
   im.reap();
   const std::string doing = "starting SFTP";
   const auto patience_until = Clock::now() + kSftpPatience;
@@ -403,9 +410,7 @@ Result<bool> use_sftp(Transfer& t, TransferMethod method) {
       // these words. Any other failure is told apart by the probe.
       if (im.last_error().find("Unable to request SFTP subsystem") != std::string::npos)
         return none();
-      auto offered = probe_sftp(t);
-      if (!offered) return offered.error();
-      if (!*offered) return none();
+      if (auto p = probe(); !p || !*p) return p;
       return t.failure(rc, doing);
     }
     if (!probed) {
@@ -413,9 +418,7 @@ Result<bool> use_sftp(Transfer& t, TransferMethod method) {
       if (w == Waited::interrupted) return t.failure(kInterrupted, doing);
       if (w != Waited::timeout) continue;
       probed = true;
-      auto offered = probe_sftp(t);
-      if (!offered) return offered.error();
-      if (!*offered) return none();
+      if (auto p = probe(); !p || !*p) return p;
       continue;
     }
     if (int w = t.wait()) return t.failure(w, doing);
