@@ -3,6 +3,7 @@
 
 #include <charconv>
 
+#include "keeper.hpp"
 #include "signals.hpp"
 
 namespace kiln::communicator {
@@ -18,7 +19,31 @@ constexpr std::string_view kPidMarker = "kiln-pid ";
 
 }  // namespace
 
+/// How long a tool waits for the keeper's greeting before it connects on
+/// its own (the keeper serves one tool at a time).
+constexpr auto kKeeperGreeting = 1s;
+
 Communicator::Communicator(Target target) : target_(std::move(target)) {}
+
+Communicator::Communicator(Target target, ssh::Session session) : target_(std::move(target)) {
+  session.keepalive(target_.keepalive_seconds);
+  session_.emplace(std::move(session));
+  keeper_asked_ = true;  // this is the keeper's own session
+}
+
+Communicator::Communicator(Communicator&&) noexcept = default;
+Communicator& Communicator::operator=(Communicator&&) noexcept = default;
+Communicator::~Communicator() = default;
+
+keeper::Client* Communicator::keeper() {
+  if (!keeper_asked_) {
+    keeper_asked_ = true;
+    if (!target_.keeper.empty())
+      if (auto c = keeper::Client::connect(target_.keeper, kKeeperGreeting)) keeper_ = std::move(*c);
+  }
+  if (keeper_ && !keeper_->usable()) keeper_.reset();
+  return keeper_.get();
+}
 
 std::string Communicator::where() const {
   return target_.endpoint.user + "@" + target_.endpoint.host + ":" +
@@ -27,6 +52,7 @@ std::string Communicator::where() const {
 
 Status Communicator::connect(std::chrono::milliseconds timeout) {
   session_.reset();
+  if (keeper()) return {};
   auto s = ssh::Session::connect(target_.endpoint, timeout);
   if (!s) return s.error();
   if (!target_.host_key.empty()) {
@@ -46,7 +72,10 @@ Status Communicator::ensure() {
   return connect(60s);
 }
 
-void Communicator::drop() { session_.reset(); }
+void Communicator::drop() {
+  session_.reset();
+  if (keeper_) (void)keeper_->drop();
+}
 
 ssh::Session::TransferOptions Communicator::transfer_options(const Progress& progress) const {
   ssh::Session::TransferOptions o;
@@ -68,6 +97,13 @@ void Communicator::end_remote(int pid) {
 
 Result<int> Communicator::run(const std::string& command, const Sink& out, const Sink& err,
                               std::chrono::milliseconds timeout) {
+  if (auto* k = keeper()) {
+    auto r = k->run(command, out, err, timeout);
+    if (!r && r.error().code == Exit::protocol &&
+        r.error().message.find("connection lost") != std::string::npos)
+      return kDisconnected;
+    return r;
+  }
   if (auto st = ensure(); !st) return st.error();
   int pid = 0;
   std::string head;  // stdout until the pid line is complete
@@ -122,12 +158,14 @@ Status forget_on_failure(Status st, std::optional<ssh::Session>& session) {
 
 Status Communicator::upload_file(const std::string& local, const std::string& remote,
                                  const Progress& progress, std::optional<int> mode) {
+  if (auto* k = keeper()) return k->upload_file(local, remote, progress, mode);
   if (auto st = ensure(); !st) return st;
   return forget_on_failure(session_->upload_file(local, remote, transfer_options(progress), mode),
                            session_);
 }
 
 Status Communicator::upload_data(std::string_view data, const std::string& remote, int mode) {
+  if (auto* k = keeper()) return k->upload_data(data, remote, mode);
   if (auto st = ensure(); !st) return st;
   return forget_on_failure(session_->upload_data(data, remote, mode, transfer_options({})),
                            session_);
@@ -135,6 +173,7 @@ Status Communicator::upload_data(std::string_view data, const std::string& remot
 
 Status Communicator::upload_directory(const std::string& local, const std::string& remote,
                                       const Progress& progress) {
+  if (auto* k = keeper()) return k->upload_directory(local, remote, progress);
   if (auto st = ensure(); !st) return st;
   return forget_on_failure(session_->upload_directory(local, remote, transfer_options(progress)),
                            session_);
@@ -142,6 +181,7 @@ Status Communicator::upload_directory(const std::string& local, const std::strin
 
 Status Communicator::download_file(const std::string& remote, const std::string& local,
                                    const Progress& progress) {
+  if (auto* k = keeper()) return k->download_file(remote, local, progress);
   if (auto st = ensure(); !st) return st;
   return forget_on_failure(session_->download_file(remote, local, transfer_options(progress)),
                            session_);
@@ -149,12 +189,14 @@ Status Communicator::download_file(const std::string& remote, const std::string&
 
 Status Communicator::download_directory(const std::string& remote, const std::string& local,
                                         const Progress& progress) {
+  if (auto* k = keeper()) return k->download_directory(remote, local, progress);
   if (auto st = ensure(); !st) return st;
   return forget_on_failure(session_->download_directory(remote, local, transfer_options(progress)),
                            session_);
 }
 
 Result<bool> Communicator::is_directory(const std::string& remote) {
+  if (auto* k = keeper()) return k->is_directory(remote);
   if (auto st = ensure(); !st) return st.error();
   auto r = session_->remote_is_directory(remote);
   if (!r) (void)forget_on_failure(r.error(), session_);

@@ -7,12 +7,17 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "result.hpp"
 #include "ssh.hpp"
+
+namespace kiln::keeper {
+class Client;
+}
 
 namespace kiln::communicator {
 
@@ -36,14 +41,24 @@ struct Target {
   /// 0 = none).
   std::chrono::milliseconds read_write_timeout{0};
   ssh::Session::TransferMethod transfer = ssh::Session::TransferMethod::automatic;
+  /// The unix socket of the machine's connection keeper (keeper.hpp), which
+  /// holds a session logged in already: used when it answers, instead of a
+  /// connection of our own ("" = none).
+  std::string keeper;
 };
 
 class Communicator {
  public:
   explicit Communicator(Target target);
+  /// Uses `session`, logged in to `target` already (the keeper's start).
+  Communicator(Target target, ssh::Session session);
+  Communicator(Communicator&&) noexcept;
+  Communicator& operator=(Communicator&&) noexcept;
+  ~Communicator();
 
   /// Connects, checks the host key and logs in, retrying a refused or
-  /// dropped connection until `timeout`. Errors: Exit::protocol (host key
+  /// dropped connection until `timeout`; or, when the target names a keeper
+  /// that answers, uses the keeper's session. Errors: Exit::protocol (host key
   /// mismatch with both fingerprints, login denied), Exit::tempfail (no
   /// answer in time), Exit::config / Exit::noinput (key file), interrupted.
   Status connect(std::chrono::milliseconds timeout);
@@ -74,7 +89,9 @@ class Communicator {
   /// Forgets the connection (after a reboot began); the next call
   /// connects again.
   void drop();
-  bool connected() const { return session_.has_value(); }
+  bool connected() const { return session_.has_value() || keeper_ != nullptr; }
+  /// Whether the keeper's session is used.
+  bool through_keeper() const { return keeper_ != nullptr; }
 
   /// "user@host:port", for messages and the `ssh` command a user can run.
   std::string where() const;
@@ -82,12 +99,17 @@ class Communicator {
 
  private:
   Status ensure();
+  /// The keeper, when the target names one that answers (asked once) and
+  /// its socket has not broken since.
+  keeper::Client* keeper();
   ssh::Session::TransferOptions transfer_options(const Progress& progress) const;
   /// Ends the process group whose leader is `pid` on the machine.
   void end_remote(int pid);
 
   Target target_;
   std::optional<ssh::Session> session_;
+  std::unique_ptr<keeper::Client> keeper_;
+  bool keeper_asked_ = false;
 };
 
 }  // namespace kiln::communicator

@@ -23,8 +23,10 @@
 #include "http_server.hpp"
 #include "iso.hpp"
 #include "json.hpp"
+#include "keeper.hpp"
 #include "machine.hpp"
 #include "process.hpp"
+#include "provision.hpp"
 #include "qemu.hpp"
 #include "qmp.hpp"
 #include "signals.hpp"
@@ -443,6 +445,14 @@ Status launch(rapidjson::Document& record, const Options& options) {
   auto port = machine::PortLock::acquire(static_cast<int>(number_or(b, "host_port_min", 2222)),
                                          static_cast<int>(number_or(b, "host_port_max", 4444)));
   if (!port) return port.error();
+  // The network probe's port (see ssh::wait_until_ready), from the same range.
+  std::optional<machine::PortLock> probe;
+  if (communicator == "ssh") {
+    auto p = machine::PortLock::acquire(static_cast<int>(number_or(b, "host_port_min", 2222)),
+                                        static_cast<int>(number_or(b, "host_port_max", 4444)));
+    if (!p) return p.error();
+    probe.emplace(std::move(*p));
+  }
 
   // The disk: always an overlay, so the base image is never written.
   fs::path disk = plan.run_dir / "disk.qcow2";
@@ -498,6 +508,7 @@ Status launch(rapidjson::Document& record, const Options& options) {
   plan.inputs.accelerator = accel->accelerator;
   plan.inputs.disk = disk.string();
   plan.inputs.ssh_host_port = port->port();
+  if (probe) plan.inputs.probe_host_port = probe->port();
   plan.inputs.qmp_socket = (plan.run_dir / "qmp.sock").string();
   plan.inputs.serial_log = (plan.run_dir / "serial.log").string();
   plan.inputs.display = !bool_or(b, "headless") && std::getenv("DISPLAY");
@@ -579,12 +590,14 @@ Status launch(rapidjson::Document& record, const Options& options) {
 
   Value comm(rapidjson::kObjectType);
   put(comm, "type", communicator);
+  std::optional<ssh::Session> session;  // the one that found the guest ready
   if (communicator == "ssh") {
     progress("waiting for SSH on 127.0.0.1:" + std::to_string(port->port()));
-    auto key = ssh::wait_until_ready({"127.0.0.1", port->port(), user}, cred,
-                                     std::chrono::steady_clock::now() + ssh_timeout, check_alive);
-    if (!key) {
-      Error e = key.error();
+    auto ready = ssh::ready_session({"127.0.0.1", port->port(), user}, cred,
+                                    std::chrono::steady_clock::now() + ssh_timeout, check_alive,
+                                    probe ? probe->port() : 0);
+    if (!ready) {
+      Error e = ready.error();
       if (e.code == Exit::tempfail)
         e.message = "the guest's SSH did not answer within ssh_timeout (" +
                     std::to_string(ssh_timeout.count() / 1000) + " s): " + e.message +
@@ -597,8 +610,9 @@ Status launch(rapidjson::Document& record, const Options& options) {
     if (!cred.private_key_file.empty()) put(comm, "private_key_file", cred.private_key_file);
     if (!cred.password.empty()) put(comm, "password_ref", "/build/builder/ssh_password");
     if (cred.agent) comm.AddMember("agent", true, a);
-    put(comm, "host_key", key->openssh);
-    put(comm, "host_key_fingerprint", key->fingerprint);
+    put(comm, "host_key", ready->host_key().openssh);
+    put(comm, "host_key_fingerprint", ready->host_key().fingerprint);
+    session.emplace(std::move(*ready));
   }
 
   put(machine, "id", plan.id);
@@ -630,6 +644,19 @@ Status launch(rapidjson::Document& record, const Options& options) {
       !st)
     return st;
   record.AddMember("machine", machine, a);
+  if (session) {
+    // The session that found the guest ready stays with the machine's
+    // keeper, for the tools that come next.
+    const std::string sock = (plan.run_dir / "ssh.sock").string();
+    auto target = provision::machine_target(record, cred.passphrase, "");
+    if (auto st = keeper::start(sock, target, std::move(*session), sup,
+                                (plan.run_dir / "keeper.log").string());
+        st)
+      record["machine"]["communicator"].AddMember("keeper", Value(sock, a), a);
+    else
+      progress("no connection keeper (" + st.error().message + "): each tool logs in itself");
+    session.reset();
+  }
   stopper.armed = false;
   progress("ready");
   return {};

@@ -47,6 +47,7 @@ communicator::Target machine_target(const rapidjson::Document& record,
   }
   if (!password.empty()) t.credentials.password = password;
   t.host_key = string_or(comm, "host_key", string_or(comm, "host_key_fingerprint"));
+  t.keeper = string_or(comm, "keeper");
   t.keepalive_seconds = static_cast<int>(number_or(builder, "ssh_keep_alive_interval", 5));
   t.read_write_timeout = seconds_of(builder, "ssh_read_write_timeout", 0);
   const std::string method = string_or(builder, "ssh_file_transfer_method");

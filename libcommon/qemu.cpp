@@ -55,6 +55,9 @@ Result<std::vector<std::string>> command_line(const Value& b, const Inputs& in) 
   if (in.ssh_host_port > 0)
     netdev += ",hostfwd=tcp:127.0.0.1:" + std::to_string(in.ssh_host_port) +
               "-:" + std::to_string(ssh_port);
+  if (in.ssh_host_port > 0 && in.probe_host_port > 0)
+    netdev += ",hostfwd=tcp:127.0.0.1:" + std::to_string(in.probe_host_port) +
+              "-:" + std::to_string(kProbeGuestPort);
   add(defaults, "-netdev", {netdev});
   add(defaults, "-device", {string_or(b, "net_device", "virtio-net") + ",netdev=user.0"});
   std::string drive = "file=" + in.disk + ",if=" + string_or(b, "disk_interface", "virtio") +

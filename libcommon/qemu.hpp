@@ -14,6 +14,11 @@
 
 namespace kiln::qemu {
 
+/// A guest port nothing listens on, as a rule (TCP port 1, tcpmux): its
+/// refusal tells the launcher that the guest's network is up (see
+/// ssh::wait_until_ready).
+constexpr int kProbeGuestPort = 1;
+
 /// What the launcher decided before qemu starts.
 struct Inputs {
   std::string accelerator;           ///< "kvm" or "tcg", already decided
@@ -21,6 +26,8 @@ struct Inputs {
   std::string install_iso;           ///< "" for disk_image builds
   std::vector<std::string> cdroms;   ///< further CDs: cd_files, the seed
   int ssh_host_port = 0;             ///< forwarded to the guest's ssh_port
+  /// Forwarded to kProbeGuestPort, beside ssh_host_port (0 = none).
+  int probe_host_port = 0;
   int http_port = 0;                 ///< 0 when nothing is served
   std::string http_ip = "10.0.2.2";  ///< the host as the guest sees it
   std::string qmp_socket;

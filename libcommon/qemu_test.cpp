@@ -41,6 +41,19 @@ BOOST_AUTO_TEST_CASE(defaults_follow_the_settings) {
   BOOST_TEST(l.find("-boot c") != std::string::npos, l);
   BOOST_TEST(l.find("-display none") != std::string::npos, l);
   BOOST_TEST(l.find("-qmp unix:/run/m/qmp.sock,server=on,wait=off") != std::string::npos, l);
+  BOOST_TEST(l.find(":1,") == std::string::npos, l);  // no network probe asked for
+}
+
+// The network probe's port goes to a guest port nothing listens on, beside
+// the SSH port's forward on the same network.
+BOOST_AUTO_TEST_CASE(the_network_probe_is_forwarded_beside_ssh) {
+  auto in = inputs();
+  in.probe_host_port = 2346;
+  std::string l = line(R"({"ssh_port": 2222})", in);
+  BOOST_TEST(l.find("-netdev user,id=user.0,hostfwd=tcp:127.0.0.1:2345-:2222,"
+                    "hostfwd=tcp:127.0.0.1:2346-:1 ") != std::string::npos,
+             l);
+  BOOST_TEST(qemu::kProbeGuestPort == 1);
 }
 
 BOOST_AUTO_TEST_CASE(only_the_devices_the_build_needs) {

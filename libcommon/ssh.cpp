@@ -100,9 +100,13 @@ constexpr milliseconds kRetryEvery = 200ms;
 /// While the connections first_to_speak opened stay silent, a new one
 /// every kOpenEvery, the oldest kept for kMaxSilent * kOpenEvery (2.4 s);
 /// after one the guest closed at once, the next after kAgainAfterClose.
+/// With a network probe, the server's port gets one every kBlindEvery
+/// until the guest's network answers, and every kSlowServerEvery after.
 constexpr milliseconds kOpenEvery = 50ms;
 constexpr std::size_t kMaxSilent = 48;
 constexpr milliseconds kAgainAfterClose = 25ms;
+constexpr milliseconds kBlindEvery = 2000ms;
+constexpr milliseconds kSlowServerEvery = 500ms;
 /// How long the first try of wait_until_ready may take, and how much longer
 /// each try after one that ran out of time.
 constexpr milliseconds kFirstTry = 600ms;
@@ -424,35 +428,82 @@ Status keep_waiting(const std::function<Status()>& should_stop, const std::strin
 }
 
 /// The first of several connections to `ep` on which the server speaks (its
-/// banner, peeked at, not read): one is opened at once and another every
-/// kOpenEvery while none has spoken (kRetryEvery after a refused one), the
-/// oldest dropped beyond kMaxSilent. Those the server closes are dropped,
-/// and the next one is opened after kAgainAfterClose instead: a close is
-/// the guest's network answering (a reset: nothing listens yet), so its SSH
-/// server is moments away. qemu's user network accepts a connection before
-/// the guest listens, and when the guest missed that connection's SYN (its
-/// network not up yet) it stays silent for seconds, until slirp sends the
-/// SYN again; a fresh connection is answered at once, while a slow one
-/// keeps its chance for kMaxSilent * kOpenEvery. `should_stop()` runs at
-/// each wake-up, every kOpenEvery or sooner (its Error is returned as is).
-/// Errors: Exit::tempfail when none spoke by `until` (with the last
-/// reason), Exit::interrupted, and tcp_connect's errors no retry cures.
-Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
-                           const std::function<Status()>& should_stop) {
+/// banner, peeked at, not read).
+///
+/// qemu's user network accepts a connection before the guest listens. When
+/// the guest misses that connection's SYN (its network not up yet), the
+/// connection stays silent until slirp sends the SYN again, seconds later,
+/// and slirp keeps it even after this side closed it: once the guest's
+/// server listens, every such stale connection reaches it, and the guest
+/// spends its CPU starting a server process for each, just when the first
+/// real login wants it. So, when `probe_port` (a host port forwarded to a
+/// port the guest does not listen on) is given, connections go there every
+/// kOpenEvery until the guest's network answers one (a reset), and to the
+/// server's port only every kBlindEvery meanwhile (in case the probe cannot
+/// be answered: a firewall that drops, something listening there). Without
+/// a probe, the server's port itself gets one every kOpenEvery.
+///
+/// Once the guest's network answered, a connection the server's port
+/// closes (a reset: nothing listens yet) is followed by the next after
+/// kAgainAfterClose, and a silent one by another after kSlowServerEvery.
+/// A connection that failed on this side is retried after kRetryEvery; the
+/// oldest silent ones are dropped beyond kMaxSilent. `should_stop()` runs
+/// at each wake-up, every kOpenEvery or sooner (its Error is returned as
+/// is). `network_up` says whether the guest's network answered already (an
+/// earlier call) and is set when it does. Errors: Exit::tempfail when none
+/// spoke by `until` (with the last reason), Exit::interrupted, and
+/// tcp_connect's errors no retry cures.
+Result<int> first_to_speak(const Endpoint& ep, int probe_port, bool& network_up,
+                           Clock::time_point until, const std::function<Status()>& should_stop) {
   const std::string where = where_of(ep);
-  std::vector<UniqueFd> silent;
+  Endpoint probe_ep = ep;
+  probe_ep.port = probe_port;
+  std::vector<UniqueFd> silent;  // to the server's port
+  std::vector<UniqueFd> probes;  // to the probe port, while the network is not known up
+  bool probing = probe_port > 0 && !network_up;
+  bool host_listens = false;  // a connection to the server's port was accepted
   std::string last = "no answer from " + where;
   auto next_open = Clock::now();
+  auto next_probe = Clock::now();
+  // The guest's network answered: the server's port is tried at once, and
+  // the probes are done.
+  auto answered = [&](Clock::time_point now) {
+    network_up = true;
+    if (probing) next_open = now;
+    probing = false;
+    probes.clear();
+  };
   for (;;) {
     if (auto st = keep_waiting(should_stop, where); !st) return std::move(st).error();
     auto now = Clock::now();
     if (now >= until) return Error(Exit::tempfail, last);
+    if (probing && now >= next_probe) {
+      if (probes.size() == kMaxSilent) probes.erase(probes.begin());
+      auto fd = tcp_connect(probe_ep, std::min(until, now + kRetryEvery));
+      auto pause = kOpenEvery;
+      if (fd) {
+        probes.emplace_back(*fd);
+      } else if (fd.error().code == Exit::interrupted) {
+        return fd.error();
+      } else if (host_listens) {
+        // qemu forwards the server's port and not this one (qemuargs
+        // brought their own network): no probe.
+        probing = false;
+        probes.clear();
+        next_open = now;
+      } else {
+        pause = kRetryEvery;  // qemu may not listen yet
+      }
+      now = Clock::now();
+      next_probe = now + pause;
+    }
     if (now >= next_open) {
       if (silent.size() == kMaxSilent) silent.erase(silent.begin());  // the oldest
       auto fd = tcp_connect(ep, std::min(until, now + kRetryEvery));
-      auto pause = kOpenEvery;
+      auto pause = probing ? kBlindEvery : network_up ? kSlowServerEvery : kOpenEvery;
       if (fd) {
         silent.emplace_back(*fd);
+        host_listens = true;
         last = "no answer from " + where;
       } else if (fd.error().code != Exit::tempfail) {
         return fd.error();
@@ -465,21 +516,34 @@ Result<int> first_to_speak(const Endpoint& ep, Clock::time_point until,
     }
     std::vector<pollfd> polled;
     for (const auto& fd : silent) polled.push_back({fd.get(), POLLIN, 0});
+    for (const auto& fd : probes) polled.push_back({fd.get(), POLLIN, 0});
     polled.push_back({signals::wake_fd(), POLLIN, 0});
     if (polled.back().fd < 0) polled.pop_back();
     auto wake = std::min({until, now + kRetryEvery, next_open});
+    if (probing) wake = std::min(wake, next_probe);
     int ms = static_cast<int>(
         std::max<milliseconds::rep>(0, std::chrono::ceil<milliseconds>(wake - now).count()));
     if (::poll(polled.data(), polled.size(), ms) <= 0) continue;
+    // Any word or close on a probe is the guest's network answering.
+    for (std::size_t i = 0; i < probes.size(); ++i) {
+      if (polled[silent.size() + i].revents != 0) {
+        answered(Clock::now());
+        break;
+      }
+    }
     for (std::size_t i = silent.size(); i-- > 0;) {
       if (polled[i].revents == 0) continue;
       char byte;
       ssize_t n = ::recv(silent[i].get(), &byte, 1, MSG_PEEK);
-      if (n > 0) return silent[i].release();  // the others close as they go
+      if (n > 0) {
+        network_up = true;
+        return silent[i].release();  // the others close as they go
+      }
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
       last = where + " closed the connection before the SSH handshake" +
              (n < 0 ? std::string(" (") + std::strerror(errno) + ")" : std::string());
       silent.erase(silent.begin() + static_cast<std::ptrdiff_t>(i));
+      answered(Clock::now());
       next_open = std::min(next_open, Clock::now() + kAgainAfterClose);
     }
   }
@@ -896,6 +960,21 @@ Result<int> Session::exec(const std::string& command,
   return libssh2_channel_get_exit_status(raw);
 }
 
+void Session::leave_to_child() {
+  if (!state_) return;
+  // libssh2_session_free() sends nothing while no channel is open (the
+  // keeper gets the session right after the login); the state's own
+  // destructor would disconnect and shut the shared socket down.
+  for (int i = 0; state_->s && i < 100 && libssh2_session_free(state_->s) == LIBSSH2_ERROR_EAGAIN;
+       ++i) {
+  }
+  state_->s = nullptr;
+  state_->sftp = nullptr;
+  if (state_->fd >= 0) ::close(state_->fd);
+  state_->fd = -1;
+  state_.reset();
+}
+
 void Session::keepalive(int interval_seconds) {
   state_->keepalive_seconds = std::max(interval_seconds, 0);
   libssh2_keepalive_config(state_->s, 1, static_cast<unsigned>(state_->keepalive_seconds));
@@ -903,13 +982,22 @@ void Session::keepalive(int interval_seconds) {
 
 Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
                                  Clock::time_point deadline,
-                                 const std::function<Status()>& should_stop) {
+                                 const std::function<Status()>& should_stop, int probe_port) {
+  auto s = ready_session(ep, cred, deadline, should_stop, probe_port);
+  if (!s) return s.error();
+  return s->host_key();
+}
+
+Result<Session> ready_session(const Endpoint& ep, const Credentials& cred,
+                              Clock::time_point deadline,
+                              const std::function<Status()>& should_stop, int probe_port) {
   if (libssh2_ready() != 0) return Error(Exit::software, "cannot initialise libssh2");
   const auto start = Clock::now();
   const std::string where = where_of(ep);
   std::string last = "no try finished";
   int tries = 0;
   int slow_tries = 0;
+  bool network_up = false;
   for (;;) {
     if (auto st = keep_waiting(should_stop, where); !st) return std::move(st).error();
     const auto tried_at = Clock::now();
@@ -920,7 +1008,7 @@ Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
     // take the whole deadline, so a guest that died is noticed between
     // tries; a try that ran out of time makes the next ones longer.
     Status st;
-    auto fd = first_to_speak(ep, deadline, should_stop);
+    auto fd = first_to_speak(ep, probe_port, network_up, deadline, should_stop);
     if (!fd) {
       if (fd.error().code != Exit::tempfail) return std::move(fd).error();
       if (tries == 0) last = fd.error().message;  // else the last try says more
@@ -934,7 +1022,7 @@ Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
       const auto auth_until = std::min(deadline, std::max(try_until, Clock::now() + kFirstTry));
       st = session.authenticate(ep.user, cred,
                                 std::chrono::ceil<milliseconds>(auth_until - Clock::now()));
-      if (st) return session.host_key();
+      if (st) return session;
     } else {
       st = std::move(state).error();
     }

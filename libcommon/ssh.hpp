@@ -129,6 +129,12 @@ class Session {
   /// a NAT or firewall keeps an idle connection; 0 turns it off.
   void keepalive(int interval_seconds);
 
+  /// For a process that forked and left this connection to its child: frees
+  /// the libssh2 state here and closes this process's copy of the socket,
+  /// without a word to the server and without shutting the socket down (the
+  /// child's copy stays open). The session is unusable afterwards.
+  void leave_to_child();
+
   // File transfer. Remote paths are taken as they are (relative ones from
   // the login directory); the caller applies Packer's destination rules
   // with remote_stat(). Every transfer stops at once on a signal
@@ -204,9 +210,9 @@ class Session {
 
  private:
   explicit Session(std::unique_ptr<detail::SessionState> state);
-  friend Result<HostKey> wait_until_ready(const Endpoint&, const Credentials&,
-                                          std::chrono::steady_clock::time_point,
-                                          const std::function<Status()>&);
+  friend Result<Session> ready_session(const Endpoint&, const Credentials&,
+                                       std::chrono::steady_clock::time_point,
+                                       const std::function<Status()>&, int);
   std::unique_ptr<detail::SessionState> state_;
 };
 
@@ -216,9 +222,20 @@ class Session {
 /// the host key of the server that let us in. Errors: Exit::tempfail after
 /// the deadline, with the last failure in the message; Exit::interrupted;
 /// at once, the errors no retry can cure (Exit::config, Exit::noinput).
+/// `probe_port`, when not 0, is a port on `ep.host` forwarded to a port the
+/// booting machine does not listen on (qemu's user network): the server's
+/// port is tried often only once a connection there was refused, because
+/// each connection made while the guest's network is down reaches its SSH
+/// server later, stale, and costs it a process just when it comes up.
 Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
                                  std::chrono::steady_clock::time_point deadline,
-                                 const std::function<Status()>& should_stop);
+                                 const std::function<Status()>& should_stop, int probe_port = 0);
+
+/// wait_until_ready(), returning the session that logged in (its host key
+/// is host_key()), for a caller that goes on using it.
+Result<Session> ready_session(const Endpoint& ep, const Credentials& cred,
+                              std::chrono::steady_clock::time_point deadline,
+                              const std::function<Status()>& should_stop, int probe_port = 0);
 
 /// Writes a new ed25519 key pair: the private key unencrypted in OpenSSH
 /// format at `path` (mode 0600) and "ssh-ed25519 AAAA... comment" at
