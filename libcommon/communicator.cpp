@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "communicator.hpp"
 
+#include <cctype>
 #include <charconv>
 
 #include "keeper.hpp"
@@ -16,6 +17,23 @@ namespace {
 /// which leads the command's process group (the SSH server starts every
 /// session in a session of its own).
 constexpr std::string_view kPidMarker = "kiln-pid ";
+
+/// Whether the keeper's host key (OpenSSH format) is `pinned`: a public key
+/// line or a "SHA256:..." fingerprint; an empty pin takes any key.
+bool same_host_key(const std::string& key, const std::string& pinned) {
+  if (pinned.empty()) return true;
+  auto k = ssh::parse_public_key(key);
+  if (!k) return false;
+  if (pinned.rfind("SHA256:", 0) == 0) {
+    std::string want = pinned;
+    while (!want.empty() &&
+           (want.back() == '=' || std::isspace(static_cast<unsigned char>(want.back()))))
+      want.pop_back();
+    return k->fingerprint == want;
+  }
+  auto p = ssh::parse_public_key(pinned);
+  return p && p->openssh == k->openssh;
+}
 
 }  // namespace
 
@@ -38,8 +56,13 @@ Communicator::~Communicator() = default;
 keeper::Client* Communicator::keeper() {
   if (!keeper_asked_) {
     keeper_asked_ = true;
+    // Only a keeper logged in where this target says, to the host key it
+    // pins: another user or a changed key connects on its own (and fails
+    // as it should).
     if (!target_.keeper.empty())
-      if (auto c = keeper::Client::connect(target_.keeper, kKeeperGreeting)) keeper_ = std::move(*c);
+      if (auto c = keeper::Client::connect(target_.keeper, kKeeperGreeting);
+          c && (*c)->where() == where() && same_host_key((*c)->host_key(), target_.host_key))
+        keeper_ = std::move(*c);
   }
   if (keeper_ && !keeper_->usable()) keeper_.reset();
   return keeper_.get();

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "atomic_file.hpp"
 #include "fd.hpp"
 #include "json.hpp"
 #include "signals.hpp"
@@ -167,13 +168,22 @@ class Server {
       UniqueFd client(::accept4(listen_, nullptr, nullptr, SOCK_CLOEXEC));
       if (client.get() < 0) continue;
       if (Clock::now() - last_used_ > kIdleLimit) comm_.drop();
-      if (!send_all(client.get(), "{\"keeper\":1,\"where\":\"" + comm_.where() + "\"}\n")) continue;
+      if (!send_all(client.get(), greeting())) continue;
       serve_client(client.get());
       last_used_ = Clock::now();
     }
   }
 
  private:
+  std::string greeting() const {
+    Document d(rapidjson::kObjectType);
+    auto& a = d.GetAllocator();
+    d.AddMember("keeper", 1, a);
+    d.AddMember("where", Value(comm_.where(), a), a);
+    d.AddMember("host_key", Value(comm_.target().host_key, a), a);
+    return json::to_string(d) + "\n";
+  }
+
   void serve_client(int client) {
     std::string buffer;
     for (;;) {
@@ -294,6 +304,8 @@ Status start(const std::string& socket_path, const communicator::Target& target,
     ::setsid();
     if (::fork() != 0) ::_exit(0);
     signals::reset_after_fork();
+    (void)write_file_atomically(fs::path(socket_path).parent_path() / "keeper.pid",
+                                std::to_string(::getpid()) + "\n");
     int null = ::open("/dev/null", O_RDWR);
     int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     ::dup2(null, 0);
@@ -348,6 +360,8 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path,
       json::number_or(hello, "keeper", 0) != 1)
     return Error(Exit::unavailable, "not a keeper at " + socket_path);
   c->buffer_.erase(0, nl + 1);
+  c->where_ = json::string_or(hello, "where");
+  c->host_key_ = json::string_or(hello, "host_key");
   return c;
 }
 

@@ -8,7 +8,7 @@
 /// slow guest each login costs tens of milliseconds of its CPU.
 ///
 /// The socket speaks JSON lines. After the keeper's greeting
-/// {"keeper":1,"where":"user@host:port"}, a client sends one request at a
+/// {"keeper":1,"where":"user@host:port","host_key":K}, a client sends one request at a
 /// time: {"op":"run","command":C,"timeout_ms":N}, {"op":"upload_file",
 /// "local":L,"remote":R[,"mode":M]}, {"op":"upload_data","data":BASE64,
 /// "remote":R,"mode":M}, {"op":"upload_directory"|"download_file"|
@@ -38,7 +38,7 @@ namespace kiln::keeper {
 /// Starts the keeper of a machine: binds `socket_path` (mode 0600), then
 /// forks a detached process that serves `session` (logged in to `target`)
 /// there until the process `supervisor_pid` ends, writing its log to
-/// `log_path`. This process gives the session up without a word to the
+/// `log_path` and its pid to keeper.pid beside the socket. This process gives the session up without a word to the
 /// server. Errors: Exit::cantcreat (the socket), Exit::software (fork).
 Status start(const std::string& socket_path, const communicator::Target& target,
              ssh::Session session, int supervisor_pid, const std::string& log_path);
@@ -70,6 +70,10 @@ class Client {
 
   /// False once the keeper's socket broke: the caller goes on without it.
   bool usable() const { return fd_ >= 0; }
+  /// What the keeper's session is logged in to: "user@host:port", and the
+  /// host key it was pinned to (OpenSSH format).
+  const std::string& where() const { return where_; }
+  const std::string& host_key() const { return host_key_; }
 
  private:
   explicit Client(int fd) : fd_(fd) {}
@@ -79,6 +83,8 @@ class Client {
                      const communicator::Communicator::Progress& progress);
   int fd_ = -1;
   std::string buffer_;
+  std::string where_;
+  std::string host_key_;
 };
 
 }  // namespace kiln::keeper

@@ -211,7 +211,13 @@ Result<Step> run_shell(const Value& p, Environment& env, Clock::time_point deadl
   ctx.fields["Vars"] = vars;
   ctx.fields["Path"] = remote_path;
   ctx.fields["EnvVarFile"] = env_var_file;
-  auto command = tmpl::render(string_or(p, "execute_command"), ctx);
+  // Packer's defaults, as template-validate writes them, for a record made
+  // by other means that leaves execute_command out.
+  auto command = tmpl::render(
+      string_or(p, "execute_command",
+                use_env_var_file ? "chmod +x {{.Path}}; . {{.EnvVarFile}} && {{.Path}}"
+                                 : "chmod +x {{.Path}}; {{.Vars}} {{.Path}}"),
+      ctx);
   if (!command) return Error(Exit::config, "execute_command: " + command.error().message);
 
   Step step;
@@ -662,7 +668,8 @@ std::string flattened_vars(const Value& p, const Environment& env) {
   if (auto e = p.FindMember("env"); e != p.MemberEnd() && e->value.IsObject())
     for (const auto& m : e->value.GetObject())
       if (m.value.IsString()) vars[m.name.GetString()] = escape(m.value.GetString());
-  const std::string format = string_or(p, "env_var_format", "%s='%s' ");
+  const std::string format = string_or(
+      p, "env_var_format", bool_or(p, "use_env_var_file") ? "export %s='%s'\n" : "%s='%s' ");
   std::string flat;
   for (const auto& [k, v] : vars) flat += go_sprintf(format, {k, v});
   return flat;
