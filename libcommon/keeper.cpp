@@ -302,10 +302,14 @@ Status start(const std::string& socket_path, const communicator::Target& target,
   }
   if (child == 0) {
     ::setsid();
-    if (::fork() != 0) ::_exit(0);
+    if (pid_t keeper = ::fork(); keeper != 0) {
+      // Written before start() returns.
+      if (keeper > 0)
+        (void)write_file_atomically(fs::path(socket_path).parent_path() / "keeper.pid",
+                                    std::to_string(keeper) + "\n");
+      ::_exit(keeper > 0 ? 0 : 1);
+    }
     signals::reset_after_fork();
-    (void)write_file_atomically(fs::path(socket_path).parent_path() / "keeper.pid",
-                                std::to_string(::getpid()) + "\n");
     int null = ::open("/dev/null", O_RDWR);
     int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     ::dup2(null, 0);
@@ -319,6 +323,10 @@ Status start(const std::string& socket_path, const communicator::Target& target,
   }
   int status = 0;
   while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    ::unlink(socket_path.c_str());
+    return Error(Exit::software, "fork: cannot start the connection keeper");
   }
   // The keeper has the session now: give this copy up without a word.
   session.leave_to_child();

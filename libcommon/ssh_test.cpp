@@ -41,6 +41,8 @@
 #include <thread>
 
 #include "atomic_file.hpp"
+#include "communicator.hpp"
+#include "keeper.hpp"
 #include "process.hpp"
 #include "signals.hpp"
 #include "test_support.hpp"
@@ -1682,4 +1684,115 @@ BOOST_AUTO_TEST_CASE(an_interrupt_ends_exec_and_the_command) {
       ssh::wait_until_ready(sshd().as("root"), key_cred(root_key()), Clock::now() + 5s, nullptr);
   BOOST_REQUIRE(!w.ok());
   BOOST_TEST(w.error().code == Exit::interrupted);
+}
+
+// --------------------------------------------------------------- the keeper
+
+/// A process standing in for a machine's supervisor, for the keeper to end
+/// with.
+struct FakeSupervisor {
+  FakeSupervisor() : child({"/bin/sleep", "600"}, sshd().dir() / "fake-supervisor.log") {}
+  Child child;
+};
+
+// The keeper serves one logged-in session to every tool that comes, relays
+// output, exit status, transfers and their progress, ends a cancelled
+// command on the server, and ends with its supervisor.
+BOOST_AUTO_TEST_CASE(a_keeper_serves_its_session_and_ends_with_its_supervisor) {
+  signals::InterruptGuard guard;
+  FakeSupervisor sup;
+  fs::path dir = sshd().dir() / "keeper";
+  fs::create_directories(dir);
+  communicator::Target t;
+  t.endpoint = sshd().as("root");
+  t.credentials = key_cred(root_key());
+  auto session = login("root", t.credentials);
+  t.host_key = session.host_key().openssh;
+  const std::string sock = (dir / "ssh.sock").string();
+  auto started = keeper::start(sock, t, std::move(session), sup.child.pid(),
+                               (dir / "keeper.log").string());
+  BOOST_REQUIRE_MESSAGE(started.ok(), (started.ok() ? "" : started.error().message));
+  const pid_t keeper_pid = std::stoi(slurp(dir / "keeper.pid"));
+  BOOST_TEST(alive(keeper_pid));
+  BOOST_TEST(static_cast<int>(fs::status(sock).permissions() & fs::perms(0077)) == 0);
+  t.keeper = sock;
+
+  // The same connection for two tools: the parent of the command's shell
+  // is sshd's process for that connection.
+  auto parent_of_shell = [&](communicator::Communicator& c) {
+    std::string out;
+    auto r = c.run("echo $PPID", [&](std::string_view d) { out += d; }, nullptr, 10s);
+    BOOST_REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+    return out;
+  };
+  communicator::Communicator a(t), b(t);
+  BOOST_REQUIRE(a.connect(5s).ok());
+  BOOST_TEST(a.through_keeper());
+  std::string pa = parent_of_shell(a);
+  a = communicator::Communicator(t);  // hangs up: the keeper serves the next
+  BOOST_REQUIRE(b.connect(5s).ok());
+  BOOST_TEST(b.through_keeper());
+  BOOST_TEST(parent_of_shell(b) == pa);
+
+  std::string out, err;
+  auto r = b.run(
+      "echo to out; echo to err >&2; exit 3", [&](std::string_view d) { out += d; },
+      [&](std::string_view d) { err += d; }, 10s);
+  BOOST_REQUIRE(r.ok());
+  BOOST_TEST(*r == 3);
+  BOOST_TEST(out == "to out\n");
+  BOOST_TEST(err == "to err\n");
+
+  // Transfers, with local paths relative to this process's directory.
+  std::string payload(300000, 'k');
+  payload[7] = '\0';
+  BOOST_REQUIRE(b.upload_data(payload, (dir / "up.bin").string(), 0640).ok());
+  BOOST_TEST(slurp(dir / "up.bin") == payload);
+  BOOST_TEST(static_cast<int>(fs::status(dir / "up.bin").permissions() & fs::perms::all) == 0640);
+  uint64_t last = 0;
+  auto cwd = fs::current_path();
+  fs::current_path(dir);
+  auto st = b.download_file((dir / "up.bin").string(), "down.bin",
+                            [&](uint64_t done, uint64_t) { last = done; });
+  fs::current_path(cwd);
+  BOOST_REQUIRE_MESSAGE(st.ok(), (st.ok() ? "" : st.error().message));
+  BOOST_TEST(slurp(dir / "down.bin") == payload);
+  BOOST_TEST(last == payload.size());
+  auto isdir = b.is_directory(dir.string());
+  BOOST_TEST((isdir.ok() && *isdir));
+  auto missing = b.upload_file((dir / "nope").string(), "/nonexistent-dir/x", nullptr);
+  BOOST_TEST(!missing.ok());
+
+  // A cancelled command ends on the server too.
+  fs::path pidfile = dir / "cancel.pid";
+  auto start = Clock::now();
+  auto c = b.run(
+      "echo $$ > " + pidfile.string() + "; echo go; while :; do sleep 0.1; done",
+      [&](std::string_view d) {
+        if (contains(std::string(d), "go")) signals::raise_for_test(SIGINT);
+      },
+      nullptr, 20s);
+  signals::clear();
+  BOOST_REQUIRE(!c.ok());
+  BOOST_TEST(c.error().code == Exit::interrupted);
+  BOOST_TEST(ms_since(start) < 5000);
+  BOOST_TEST(ended_within(std::stoi(slurp(pidfile)), 3s), "the remote command ended");
+  BOOST_TEST(parent_of_shell(b) == pa);  // and the keeper serves on
+
+  // Not logged in where the target says (another pinned key): no keeper.
+  communicator::Target other = t;
+  other.host_key = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+  communicator::Communicator o(other);
+  auto oc = o.connect(5s);
+  BOOST_TEST(!o.through_keeper());
+  BOOST_TEST(!oc.ok());
+
+  b = communicator::Communicator(t);
+  sup.child.stop();
+  BOOST_TEST(ended_within(keeper_pid, 3s), "the keeper ended with its supervisor");
+  // Then a tool goes on without it.
+  communicator::Communicator d(t);
+  BOOST_REQUIRE(d.connect(5s).ok());
+  BOOST_TEST(!d.through_keeper());
+  BOOST_TEST(parent_of_shell(d) != pa);
 }
