@@ -593,9 +593,19 @@ Status launch(rapidjson::Document& record, const Options& options) {
   std::optional<ssh::Session> session;  // the one that found the guest ready
   if (communicator == "ssh") {
     progress("waiting for SSH on 127.0.0.1:" + std::to_string(port->port()));
+    // The probe only when qemu forwards it (qemuargs may bring their own
+    // -netdev).
+    int probe_port = 0;
+    if (probe) {
+      std::ifstream in(plan.run_dir / "qemu.cmdline");
+      std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (cmdline.find("hostfwd=tcp:127.0.0.1:" + std::to_string(probe->port()) + "-:" +
+                       std::to_string(qemu::kProbeGuestPort)) != std::string::npos)
+        probe_port = probe->port();
+    }
     auto ready = ssh::ready_session({"127.0.0.1", port->port(), user}, cred,
                                     std::chrono::steady_clock::now() + ssh_timeout, check_alive,
-                                    probe ? probe->port() : 0);
+                                    probe_port);
     if (!ready) {
       Error e = ready.error();
       if (e.code == Exit::tempfail)

@@ -100,12 +100,16 @@ constexpr milliseconds kRetryEvery = 200ms;
 /// While the connections first_to_speak opened stay silent, a new one
 /// every kOpenEvery, the oldest kept for kMaxSilent * kOpenEvery (2.4 s);
 /// after one the guest closed at once, the next after kAgainAfterClose.
-/// With a network probe, the server's port gets one every kBlindEvery
-/// until the guest's network answers, and every kSlowServerEvery after.
+/// With a network probe, the probe port gets one every kProbeEvery until
+/// the guest's network answers; the server's port none for kBlindAfter,
+/// then one every kBlindEvery; and every kSlowServerEvery once the network
+/// answered.
 constexpr milliseconds kOpenEvery = 50ms;
 constexpr std::size_t kMaxSilent = 48;
 constexpr milliseconds kAgainAfterClose = 25ms;
-constexpr milliseconds kBlindEvery = 2000ms;
+constexpr milliseconds kProbeEvery = 100ms;
+constexpr milliseconds kBlindAfter = 10000ms;
+constexpr milliseconds kBlindEvery = 5000ms;
 constexpr milliseconds kSlowServerEvery = 500ms;
 /// How long the first try of wait_until_ready may take, and how much longer
 /// each try after one that ran out of time.
@@ -436,12 +440,13 @@ Status keep_waiting(const std::function<Status()>& should_stop, const std::strin
 /// and slirp keeps it even after this side closed it: once the guest's
 /// server listens, every such stale connection reaches it, and the guest
 /// spends its CPU starting a server process for each, just when the first
-/// real login wants it. So, when `probe_port` (a host port forwarded to a
-/// port the guest does not listen on) is given, connections go there every
-/// kOpenEvery until the guest's network answers one (a reset), and to the
-/// server's port only every kBlindEvery meanwhile (in case the probe cannot
-/// be answered: a firewall that drops, something listening there). Without
-/// a probe, the server's port itself gets one every kOpenEvery.
+/// real login wants it. So, when `probe_port` (a host port qemu forwards to
+/// a port the guest does not listen on) is given, connections go there
+/// every kProbeEvery until the guest's network answers one (a reset; a
+/// probe qemu refuses is tried again after kRetryEvery, qemu may not listen
+/// yet), and to the server's port only after kBlindAfter, every kBlindEvery
+/// (for a guest whose firewall drops the probe, or that listens there).
+/// Without a probe, the server's port gets one every kOpenEvery.
 ///
 /// Once the guest's network answered, a connection the server's port
 /// closes (a reset: nothing listens yet) is followed by the next after
@@ -461,9 +466,8 @@ Result<int> first_to_speak(const Endpoint& ep, int probe_port, bool& network_up,
   std::vector<UniqueFd> silent;  // to the server's port
   std::vector<UniqueFd> probes;  // to the probe port, while the network is not known up
   bool probing = probe_port > 0 && !network_up;
-  bool host_listens = false;  // a connection to the server's port was accepted
   std::string last = "no answer from " + where;
-  auto next_open = Clock::now();
+  auto next_open = probing ? Clock::now() + kBlindAfter : Clock::now();
   auto next_probe = Clock::now();
   // The guest's network answered: the server's port is tried at once, and
   // the probes are done.
@@ -480,17 +484,11 @@ Result<int> first_to_speak(const Endpoint& ep, int probe_port, bool& network_up,
     if (probing && now >= next_probe) {
       if (probes.size() == kMaxSilent) probes.erase(probes.begin());
       auto fd = tcp_connect(probe_ep, std::min(until, now + kRetryEvery));
-      auto pause = kOpenEvery;
+      auto pause = kProbeEvery;
       if (fd) {
         probes.emplace_back(*fd);
       } else if (fd.error().code == Exit::interrupted) {
         return fd.error();
-      } else if (host_listens) {
-        // qemu forwards the server's port and not this one (qemuargs
-        // brought their own network): no probe.
-        probing = false;
-        probes.clear();
-        next_open = now;
       } else {
         pause = kRetryEvery;  // qemu may not listen yet
       }
@@ -503,7 +501,6 @@ Result<int> first_to_speak(const Endpoint& ep, int probe_port, bool& network_up,
       auto pause = probing ? kBlindEvery : network_up ? kSlowServerEvery : kOpenEvery;
       if (fd) {
         silent.emplace_back(*fd);
-        host_listens = true;
         last = "no answer from " + where;
       } else if (fd.error().code != Exit::tempfail) {
         return fd.error();

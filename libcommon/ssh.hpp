@@ -222,11 +222,12 @@ class Session {
 /// the host key of the server that let us in. Errors: Exit::tempfail after
 /// the deadline, with the last failure in the message; Exit::interrupted;
 /// at once, the errors no retry can cure (Exit::config, Exit::noinput).
-/// `probe_port`, when not 0, is a port on `ep.host` forwarded to a port the
-/// booting machine does not listen on (qemu's user network): the server's
-/// port is tried often only once a connection there was refused, because
-/// each connection made while the guest's network is down reaches its SSH
-/// server later, stale, and costs it a process just when it comes up.
+/// `probe_port`, when not 0, is a port on `ep.host` that qemu's user network
+/// forwards to a port the booting machine does not listen on: the server's
+/// port is tried often only once a connection there was refused (before,
+/// only after 10 s and every 5 s), because each connection made while the
+/// guest's network is down reaches its SSH server later, stale, and costs
+/// it a process just when it comes up.
 Result<HostKey> wait_until_ready(const Endpoint& ep, const Credentials& cred,
                                  std::chrono::steady_clock::time_point deadline,
                                  const std::function<Status()>& should_stop, int probe_port = 0);

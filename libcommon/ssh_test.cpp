@@ -1613,6 +1613,82 @@ BOOST_AUTO_TEST_CASE(wait_until_ready_is_not_held_up_by_a_connection_nobody_answ
   BOOST_TEST(took < 3200);  // a try that waited on its silent connection: 3.6 s and more
 }
 
+/// qemu's user network forwarding a port the guest does not listen on:
+/// silent while the guest's network is down (until `switch_after`), then
+/// every connection is closed at once (the guest's reset).
+class ProbeForwarder {
+ public:
+  explicit ProbeForwarder(std::chrono::milliseconds switch_after)
+      : switch_at_(Clock::now() + switch_after) {
+    fd_ = listen_on_loopback(port_);
+    accepter_ = std::thread([this] {
+      for (;;) {
+        int c = ::accept(fd_, nullptr, nullptr);
+        if (c < 0) return;
+        std::lock_guard lock(mutex_);
+        ++accepted_;
+        if (Clock::now() < switch_at_)
+          held_.push_back(c);
+        else
+          ::close(c);
+      }
+    });
+  }
+  ~ProbeForwarder() {
+    ::shutdown(fd_, SHUT_RDWR);
+    accepter_.join();
+    for (int c : held_) ::close(c);
+    ::close(fd_);
+  }
+  int port() const { return port_; }
+  int accepted() {
+    std::lock_guard lock(mutex_);
+    return accepted_;
+  }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  Clock::time_point switch_at_;
+  std::mutex mutex_;
+  std::vector<int> held_;
+  int accepted_ = 0;
+  std::thread accepter_;
+};
+
+// With a probe port, no connection to the SSH port is made while the
+// guest's network is down (each would reach its server later, stale): the
+// probe's first refusal starts the quick tries.
+BOOST_AUTO_TEST_CASE(wait_until_ready_with_a_probe_leaves_no_stale_connections) {
+  BootingForwarder booting(sshd().port(), 1500ms);
+  ProbeForwarder probe(1500ms);
+  auto start = Clock::now();
+  auto ready = ssh::wait_until_ready({"127.0.0.1", booting.port(), "root"}, key_cred(root_key()),
+                                     start + 30s, [] { return Status(); }, probe.port());
+  auto took = ms_since(start);
+  BOOST_REQUIRE_MESSAGE(ready.ok(), (ready.ok() ? "" : ready.error().message));
+  BOOST_TEST_MESSAGE("ready after " << took << " ms, " << probe.accepted() << " probes, "
+                                    << booting.silent() << " SSH connections left silent");
+  BOOST_TEST(booting.silent() == 0);
+  BOOST_TEST(probe.accepted() >= 5);
+  BOOST_TEST(took >= 1500);
+  BOOST_TEST(took < 2500);
+}
+
+// A probe that is never answered (a firewall that drops it): the SSH port
+// is still tried, later.
+BOOST_AUTO_TEST_CASE(wait_until_ready_gets_in_when_the_probe_never_answers) {
+  ProbeForwarder probe(3600s);
+  auto start = Clock::now();
+  auto ready = ssh::wait_until_ready(sshd().as("root"), key_cred(root_key()), start + 30s,
+                                     [] { return Status(); }, probe.port());
+  auto took = ms_since(start);
+  BOOST_REQUIRE_MESSAGE(ready.ok(), (ready.ok() ? "" : ready.error().message));
+  BOOST_TEST_MESSAGE("ready after " << took << " ms");
+  BOOST_TEST(took >= 10000);
+  BOOST_TEST(took < 12000);
+}
+
 BOOST_AUTO_TEST_CASE(wait_until_ready_keeps_trying_a_denied_login_and_stops_when_told) {
   fs::path stranger = sshd().keygen("stranger2", {"-t", "ed25519"}, false);
   int polls = 0;
