@@ -1776,6 +1776,7 @@ struct FakeSupervisor {
 // command on the server, and ends with its supervisor.
 BOOST_AUTO_TEST_CASE(a_keeper_serves_its_session_and_ends_with_its_supervisor) {
   signals::InterruptGuard guard;
+  signals::clear();  // a signal an earlier test raised
   FakeSupervisor sup;
   fs::path dir = sshd().dir() / "keeper";
   fs::create_directories(dir);
