@@ -2,7 +2,6 @@
 #include "keeper.hpp"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -21,6 +20,7 @@
 #include "fd.hpp"
 #include "json.hpp"
 #include "signals.hpp"
+#include "text.hpp"
 
 namespace kiln::keeper {
 
@@ -30,6 +30,8 @@ using Clock = std::chrono::steady_clock;
 using communicator::Communicator;
 using json::Document;
 using json::Value;
+using text::base64;
+using text::unbase64;
 
 namespace {
 
@@ -40,30 +42,6 @@ constexpr auto kIdleLimit = 10s;
 constexpr int kLookEveryMs = 200;
 /// How long a cancelled request may take to end before the client gives up.
 constexpr auto kCancelGrace = 10s;
-
-std::string base64(std::string_view data) {
-  std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(data.data()),
-                          static_cast<int>(data.size()));
-  out.resize(n < 0 ? 0 : static_cast<size_t>(n));
-  return out;
-}
-
-bool unbase64(std::string_view text, std::string& out) {
-  out.clear();
-  if (text.empty()) return true;
-  if (text.size() % 4 != 0) return false;
-  out.assign(text.size() / 4 * 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(text.data()),
-                          static_cast<int>(text.size()));
-  if (n < 0) return false;
-  size_t pad = 0;
-  while (pad < 2 && text[text.size() - 1 - pad] == '=') ++pad;
-  out.resize(static_cast<size_t>(n) - pad);
-  return true;
-}
 
 bool send_all(int fd, std::string_view s) {
   while (!s.empty()) {
@@ -133,16 +111,23 @@ class Watcher {
     });
   }
   ~Watcher() {
-    if (stop_[1] >= 0) {
-      char c = 1;
-      ssize_t r = ::write(stop_[1], &c, 1);
-      (void)r;
-    }
-    thread_.join();
+    stop();
     for (int fd : stop_)
       if (fd >= 0) ::close(fd);
   }
-  bool cancelled() const { return cancelled_; }
+  /// Stops watching; returns whether the request was cancelled (the
+  /// interrupt it raised is then still to be cleared).
+  bool stop() {
+    if (thread_.joinable()) {
+      if (stop_[1] >= 0) {
+        char c = 1;
+        ssize_t r = ::write(stop_[1], &c, 1);
+        (void)r;
+      }
+      thread_.join();
+    }
+    return cancelled_;
+  }
 
  private:
   int stop_[2] = {-1, -1};
@@ -213,7 +198,7 @@ class Server {
       {
         Watcher watcher(client);
         reply = handle(client, req);
-        if (watcher.cancelled()) signals::clear();
+        if (watcher.stop()) signals::clear();
       }
       if (!send_all(client, reply)) return;
     }

@@ -28,10 +28,13 @@
 #include "fd.hpp"
 #include "signals.hpp"
 #include "ssh_internal.hpp"
+#include "text.hpp"
 
 namespace kiln::ssh {
 
 using namespace detail;
+using text::base64;
+using text::unbase64;
 
 namespace detail {
 
@@ -124,30 +127,6 @@ int libssh2_ready() {
 }
 
 // ---------------------------------------------------------------- encodings
-
-std::string base64(std::string_view data) {
-  std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(data.data()),
-                          static_cast<int>(data.size()));
-  out.resize(n < 0 ? 0 : static_cast<size_t>(n));
-  return out;
-}
-
-/// Decodes padded base64; false when `text` is not base64.
-bool unbase64(std::string_view text, std::string& out) {
-  if (text.empty() || text.size() % 4 != 0) return false;
-  out.assign(text.size() / 4 * 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(text.data()),
-                          static_cast<int>(text.size()));
-  if (n < 0) return false;
-  // EVP_DecodeBlock counts the padding as zero bytes.
-  size_t pad = 0;
-  while (pad < 2 && text[text.size() - 1 - pad] == '=') ++pad;
-  out.resize(static_cast<size_t>(n) - pad);
-  return true;
-}
 
 std::string fingerprint(std::string_view blob) {
   unsigned char md[EVP_MAX_MD_SIZE];

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "text.hpp"
 
+#include <openssl/evp.h>
+
 #include <algorithm>
 
 namespace kiln::text {
@@ -209,6 +211,31 @@ std::string go_base(std::string_view path) {
   auto slash = path.rfind('/');
   if (slash != std::string_view::npos) path.remove_prefix(slash + 1);
   return std::string(path);
+}
+
+std::string base64(std::string_view data) {
+  std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(data.data()),
+                          static_cast<int>(data.size()));
+  out.resize(n < 0 ? 0 : static_cast<size_t>(n));
+  return out;
+}
+
+bool unbase64(std::string_view text, std::string& out) {
+  out.clear();
+  if (text.empty()) return true;
+  if (text.size() % 4 != 0) return false;
+  out.assign(text.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(text.data()),
+                          static_cast<int>(text.size()));
+  if (n < 0) return false;
+  // EVP_DecodeBlock counts the padding as zero bytes.
+  size_t pad = 0;
+  while (pad < 2 && text[text.size() - 1 - pad] == '=') ++pad;
+  out.resize(static_cast<size_t>(n) - pad);
+  return true;
 }
 
 }  // namespace kiln::text

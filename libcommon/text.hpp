@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// Small text operations shared by the tools: spelling suggestions,
-/// shell-style globs, list splitting.
+/// shell-style globs, list splitting, base64.
 
 #include <string>
 #include <string_view>
@@ -28,6 +28,12 @@ std::vector<std::string> split_list(std::string_view s, char sep = ',');
 
 /// Joins with `sep`.
 std::string join(const std::vector<std::string>& items, std::string_view sep);
+
+/// Padded base64 (RFC 4648), without line breaks.
+std::string base64(std::string_view data);
+/// Decodes padded base64 into `out`; false when `text` is not base64 (the
+/// empty text decodes to nothing).
+bool unbase64(std::string_view text, std::string& out);
 
 /// True when `s` starts/ends with `affix`.
 bool starts_with(std::string_view s, std::string_view affix);

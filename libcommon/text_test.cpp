@@ -45,3 +45,20 @@ BOOST_AUTO_TEST_CASE(go_base_follows_gos_filepath_base) {
   BOOST_TEST(kiln::text::go_base("out/dir//") == "dir");
   BOOST_TEST(kiln::text::go_base("plain") == "plain");
 }
+
+BOOST_AUTO_TEST_CASE(base64_round_trips_any_bytes) {
+  BOOST_TEST(text::base64("") == "");
+  BOOST_TEST(text::base64("f") == "Zg==");
+  BOOST_TEST(text::base64("foobar") == "Zm9vYmFy");
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) bytes += static_cast<char>(i);
+  std::string back;
+  BOOST_TEST(text::unbase64(text::base64(bytes), back));
+  BOOST_TEST(back == bytes);
+  BOOST_TEST(text::unbase64("Zm8=", back));
+  BOOST_TEST(back == "fo");
+  BOOST_TEST(text::unbase64("", back));
+  BOOST_TEST(back.empty());
+  BOOST_TEST(!text::unbase64("Zm8", back));   // not padded
+  BOOST_TEST(!text::unbase64("Zm*=", back));  // not base64
+}
