@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "communicator.hpp"
 
-#include <cctype>
 #include <charconv>
 
 #include "keeper.hpp"
@@ -18,21 +17,13 @@ namespace {
 /// session in a session of its own).
 constexpr std::string_view kPidMarker = "kiln-pid ";
 
-/// Whether the keeper's host key (OpenSSH format) is `pinned`: a public key
-/// line or a "SHA256:..." fingerprint; an empty pin takes any key.
+/// Whether the keeper's host key (OpenSSH format) is `pinned` (as
+/// ssh::pinned_fingerprint reads it); an empty pin takes any key.
 bool same_host_key(const std::string& key, const std::string& pinned) {
   if (pinned.empty()) return true;
   auto k = ssh::parse_public_key(key);
-  if (!k) return false;
-  if (pinned.rfind("SHA256:", 0) == 0) {
-    std::string want = pinned;
-    while (!want.empty() &&
-           (want.back() == '=' || std::isspace(static_cast<unsigned char>(want.back()))))
-      want.pop_back();
-    return k->fingerprint == want;
-  }
-  auto p = ssh::parse_public_key(pinned);
-  return p && p->openssh == k->openssh;
+  auto want = ssh::pinned_fingerprint(pinned);
+  return k && want && k->fingerprint == *want;
 }
 
 }  // namespace

@@ -579,20 +579,24 @@ Result<HostKey> parse_public_key(std::string_view line) {
   return HostKey{std::string(type) + " " + std::string(b64), fingerprint(blob)};
 }
 
-Status Session::pin_host_key(const std::string& expected) {
-  std::string want;
+Result<std::string> pinned_fingerprint(const std::string& expected) {
   if (expected.rfind("SHA256:", 0) == 0) {
-    want = expected;
+    std::string want = expected;
     while (!want.empty() &&
            (want.back() == '=' || std::isspace(static_cast<unsigned char>(want.back()))))
       want.pop_back();
-  } else {
-    auto key = parse_public_key(expected);
-    if (!key) return key.error();
-    want = key->fingerprint;
+    return want;
   }
-  if (want != state_->host_key.fingerprint)
-    return Error(Exit::protocol, "host key mismatch: expected " + want + ", got " +
+  auto key = parse_public_key(expected);
+  if (!key) return key.error();
+  return key->fingerprint;
+}
+
+Status Session::pin_host_key(const std::string& expected) {
+  auto want = pinned_fingerprint(expected);
+  if (!want) return want.error();
+  if (*want != state_->host_key.fingerprint)
+    return Error(Exit::protocol, "host key mismatch: expected " + *want + ", got " +
                                      state_->host_key.fingerprint + " from " + state_->where);
   return {};
 }

@@ -48,6 +48,11 @@ struct HostKey {
 /// fingerprint. Errors: Exit::dataerr when it is not such a line.
 Result<HostKey> parse_public_key(std::string_view line);
 
+/// The fingerprint a pin stands for: `expected` is a public key line or a
+/// "SHA256:..." fingerprint (trailing '=' padding and spaces ignored).
+/// Errors: Exit::dataerr (`expected` unreadable).
+Result<std::string> pinned_fingerprint(const std::string& expected);
+
 /// One TCP connection and its SSH session. Movable, not copyable; the
 /// destructor disconnects (waiting at most a moment for a dead peer).
 /// File transfer (SFTP, SCP) uses the same session and the same
