@@ -2,11 +2,17 @@
 #pragma once
 /// A UniqueFd owns one file descriptor and closes it when destroyed or
 /// reset; moving hands the ownership on, release() hands it to the caller.
+/// With it, the small helpers for pidfds and unix socket addresses.
 
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <cstring>
+#include <optional>
+#include <string>
 #include <utility>
 
 namespace kiln {
@@ -44,6 +50,16 @@ class UniqueFd {
 /// UniqueFd where the kernel has none.
 inline UniqueFd open_pidfd(pid_t pid) {
   return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+}
+
+/// The address of the unix socket at `path`, or nothing when the path is
+/// too long for one.
+inline std::optional<sockaddr_un> unix_address(const std::string& path) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof addr.sun_path) return std::nullopt;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
 }
 
 }  // namespace kiln

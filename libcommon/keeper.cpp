@@ -5,7 +5,6 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -264,17 +263,14 @@ class Server {
 
 Status start(const std::string& socket_path, const communicator::Target& target,
              ssh::Session session, int supervisor_pid, const std::string& log_path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof addr.sun_path)
-    return Error(Exit::cantcreat, "the keeper's socket path is too long: " + socket_path);
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  const auto addr = unix_address(socket_path);
+  if (!addr) return Error(Exit::cantcreat, "the keeper's socket path is too long: " + socket_path);
   UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (listener.get() < 0)
     return Error(Exit::cantcreat, std::string("socket: ") + std::strerror(errno));
   ::unlink(socket_path.c_str());
   mode_t old = ::umask(0177);
-  int bound = ::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  int bound = ::bind(listener.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr);
   ::umask(old);
   if (bound != 0 || ::listen(listener.get(), 8) != 0)
     return Error(Exit::cantcreat,
@@ -326,14 +322,11 @@ struct Client::Reply {
 
 Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path,
                                                 std::chrono::milliseconds greeting) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.empty() || socket_path.size() >= sizeof addr.sun_path)
-    return Error(Exit::unavailable, "no keeper socket");
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  const auto addr = unix_address(socket_path);
+  if (socket_path.empty() || !addr) return Error(Exit::unavailable, "no keeper socket");
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (fd.get() < 0 ||
-      ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+      ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr) != 0)
     return Error(Exit::unavailable, "no keeper at " + socket_path + ": " + std::strerror(errno));
   std::unique_ptr<Client> c(new Client(fd.release()));
   const auto until = Clock::now() + greeting;
@@ -356,6 +349,11 @@ Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path,
   c->where_ = json::string_or(hello, "where");
   c->host_key_ = json::string_or(hello, "host_key");
   return c;
+}
+
+Status Client::done(const Result<Reply>& r) {
+  if (!r) return r.error();
+  return {};
 }
 
 Client::~Client() {
@@ -458,16 +456,14 @@ Status Client::upload_file(const std::string& local, const std::string& remote,
   auto r = call(request({{"op", "upload_file"}, {"local", absolute(local)}, {"remote", remote}},
                         mode ? std::optional<long long>(*mode) : std::nullopt, "mode"),
                 {}, {}, progress);
-  if (!r) return r.error();
-  return {};
+  return done(r);
 }
 
 Status Client::upload_data(std::string_view data, const std::string& remote, int mode) {
   auto r = call(request({{"op", "upload_data"}, {"data", base64(data)}, {"remote", remote}},
                         mode, "mode"),
                 {}, {}, {});
-  if (!r) return r.error();
-  return {};
+  return done(r);
 }
 
 Status Client::upload_directory(const std::string& local, const std::string& remote,
@@ -475,8 +471,7 @@ Status Client::upload_directory(const std::string& local, const std::string& rem
   auto r = call(
       request({{"op", "upload_directory"}, {"local", absolute(local)}, {"remote", remote}}), {},
       {}, progress);
-  if (!r) return r.error();
-  return {};
+  return done(r);
 }
 
 Status Client::download_file(const std::string& remote, const std::string& local,
@@ -484,8 +479,7 @@ Status Client::download_file(const std::string& remote, const std::string& local
   auto r =
       call(request({{"op", "download_file"}, {"local", absolute(local)}, {"remote", remote}}), {},
            {}, progress);
-  if (!r) return r.error();
-  return {};
+  return done(r);
 }
 
 Status Client::download_directory(const std::string& remote, const std::string& local,
@@ -493,8 +487,7 @@ Status Client::download_directory(const std::string& remote, const std::string& 
   auto r = call(
       request({{"op", "download_directory"}, {"local", absolute(local)}, {"remote", remote}}),
       {}, {}, progress);
-  if (!r) return r.error();
-  return {};
+  return done(r);
 }
 
 Result<bool> Client::is_directory(const std::string& remote) {
@@ -506,8 +499,7 @@ Result<bool> Client::is_directory(const std::string& remote) {
 
 Status Client::drop() {
   auto r = call(request({{"op", "drop"}}), {}, {}, {});
-  if (!r) return r.error();
-  return {};
+  return done(r);
 }
 
 }  // namespace kiln::keeper

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "fd.hpp"
 #include "signals.hpp"
 
 namespace kiln {
@@ -67,11 +68,10 @@ std::string member_string(const rapidjson::Value& obj, const char* name) {
 }  // namespace
 
 Result<Qmp> Qmp::connect(const std::string& socket_path, std::chrono::milliseconds timeout) {
-  sockaddr_un addr{};
-  if (socket_path.size() >= sizeof(addr.sun_path))
+  const auto address = unix_address(socket_path);
+  if (!address)
     return Error(Exit::config, "QMP socket path is too long for a unix socket: " + socket_path);
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  const sockaddr_un addr = *address;
   auto deadline = Clock::now() + timeout;
 
   int fd = -1;
@@ -79,7 +79,7 @@ Result<Qmp> Qmp::connect(const std::string& socket_path, std::chrono::millisecon
   for (;;) {
     fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return Error(Exit::ioerr, std::string("socket: ") + std::strerror(errno));
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) break;
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) break;
     int err = errno;
     ::close(fd);
     fd = -1;
