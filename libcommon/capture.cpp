@@ -17,6 +17,7 @@
 #include "qmp.hpp"
 #include "signals.hpp"
 #include "sysprep.hpp"
+#include "template_rules.hpp"
 #include "text.hpp"
 
 namespace kiln::capture {
@@ -331,7 +332,7 @@ Status capture(rapidjson::Document& record, const Options& o) {
     const Value step =
         provisioner::make_shell({*script}, false, "/bin/sh",
                                 sudo ? "chmod +x {{.Path}}; sudo -n {{.Vars}} {{.Path}}"
-                                     : "chmod +x {{.Path}}; {{.Vars}} {{.Path}}",
+                                     : rules::shell_execute_command(false),
                                 holder.GetAllocator());
     if (auto r = provisioner::run(step, env, 300s); !r) {
       Error e = r.error();

@@ -17,6 +17,7 @@
 #include "json.hpp"
 #include "process.hpp"
 #include "signals.hpp"
+#include "template_rules.hpp"
 #include "template_text.hpp"
 
 namespace kiln::provisioner {
@@ -211,12 +212,10 @@ Result<Step> run_shell(const Value& p, Environment& env, Clock::time_point deadl
   ctx.fields["Vars"] = vars;
   ctx.fields["Path"] = remote_path;
   ctx.fields["EnvVarFile"] = env_var_file;
-  // Packer's defaults, as template-validate writes them, for a record made
-  // by other means that leaves execute_command out.
+  // Packer's default, as template-validate writes it, for a record made by
+  // other means that leaves execute_command out.
   auto command = tmpl::render(
-      string_or(p, "execute_command",
-                use_env_var_file ? "chmod +x {{.Path}}; . {{.EnvVarFile}} && {{.Path}}"
-                                 : "chmod +x {{.Path}}; {{.Vars}} {{.Path}}"),
+      string_or(p, "execute_command", std::string(rules::shell_execute_command(use_env_var_file))),
       ctx);
   if (!command) return Error(Exit::config, "execute_command: " + command.error().message);
 
@@ -639,7 +638,7 @@ rapidjson::Value make_shell(const std::vector<std::string>& lines, bool scripts,
   p.AddMember("inline_shebang", Value(std::string(shebang), a), a);
   p.AddMember("remote_folder", "/tmp", a);
   p.AddMember("start_retry_timeout", 300.0, a);
-  p.AddMember("env_var_format", "%s='%s' ", a);
+  p.AddMember("env_var_format", Value(std::string(rules::shell_env_var_format(false)), a), a);
   p.AddMember("execute_command", Value(std::string(execute_command), a), a);
   return p;
 }
@@ -669,7 +668,7 @@ std::string flattened_vars(const Value& p, const Environment& env) {
     for (const auto& m : e->value.GetObject())
       if (m.value.IsString()) vars[m.name.GetString()] = escape(m.value.GetString());
   const std::string format = string_or(
-      p, "env_var_format", bool_or(p, "use_env_var_file") ? "export %s='%s'\n" : "%s='%s' ");
+      p, "env_var_format", std::string(rules::shell_env_var_format(bool_or(p, "use_env_var_file"))));
   std::string flat;
   for (const auto& [k, v] : vars) flat += go_sprintf(format, {k, v});
   return flat;

@@ -936,9 +936,8 @@ void set_or_remove(Config& c, const char* key, const std::vector<std::string>& l
 
 void shell_provisioner(Config& c) {
   const bool env_file = c.flag("use_env_var_file");
-  c.default_str("env_var_format", env_file ? "export %s='%s'\n" : "%s='%s' ");
-  c.default_str("execute_command", env_file ? "chmod +x {{.Path}}; . {{.EnvVarFile}} && {{.Path}}"
-                                            : "chmod +x {{.Path}}; {{.Vars}} {{.Path}}");
+  c.default_str("env_var_format", std::string(shell_env_var_format(env_file)));
+  c.default_str("execute_command", std::string(shell_execute_command(env_file)));
   if (c.is_list("inline") && c.strings("inline").empty()) c.remove("inline");  // no inline at all
   c.default_str("inline_shebang", "/bin/sh -e");
   c.default_seconds("start_retry_timeout", 300);
@@ -1266,6 +1265,15 @@ void apply(Kind kind, std::string_view type, rapidjson::Value& config,
         shell_local(c);
       break;
   }
+}
+
+std::string_view shell_execute_command(bool use_env_var_file) {
+  return use_env_var_file ? "chmod +x {{.Path}}; . {{.EnvVarFile}} && {{.Path}}"
+                          : "chmod +x {{.Path}}; {{.Vars}} {{.Path}}";
+}
+
+std::string_view shell_env_var_format(bool use_env_var_file) {
+  return use_env_var_file ? "export %s='%s'\n" : "%s='%s' ";
 }
 
 }  // namespace kiln::rules

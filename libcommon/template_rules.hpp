@@ -35,4 +35,10 @@ void apply(Kind kind, std::string_view type, rapidjson::Value& config,
            rapidjson::Document::AllocatorType& alloc, const BuildInfo& build,
            const std::string& pointer, Errors& errors, Errors& warnings);
 
+/// Packer's defaults for the shell provisioner's execute_command and
+/// env_var_format, which differ with use_env_var_file. template-validate
+/// fills them in; provision falls back on them for a record without them.
+std::string_view shell_execute_command(bool use_env_var_file);
+std::string_view shell_env_var_format(bool use_env_var_file);
+
 }  // namespace kiln::rules

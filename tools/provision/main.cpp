@@ -21,6 +21,7 @@
 #include "provisioner.hpp"
 #include "record.hpp"
 #include "signals.hpp"
+#include "template_rules.hpp"
 
 namespace {
 
@@ -188,7 +189,7 @@ Result<rapidjson::Document> standalone_record(const Options& o, std::string& pas
     } else {
       p = provisioner::make_shell({s.kind == "script" ? fs::absolute(s.value).string() : s.value},
                                   s.kind == "script", "/bin/sh -e",
-                                  "chmod +x {{.Path}}; {{.Vars}} {{.Path}}", a);
+                                  rules::shell_execute_command(false), a);
     }
     provisioners.PushBack(p, a);
   }
