@@ -442,14 +442,14 @@ Status launch(rapidjson::Document& record, const Options& options) {
   ::chmod(plan.run_dir.c_str(), 0700);
   RunDirGuard guard{plan.run_dir};
 
-  auto port = machine::PortLock::acquire(static_cast<int>(number_or(b, "host_port_min", 2222)),
-                                         static_cast<int>(number_or(b, "host_port_max", 4444)));
+  const int port_min = static_cast<int>(number_or(b, "host_port_min", 2222));
+  const int port_max = static_cast<int>(number_or(b, "host_port_max", 4444));
+  auto port = machine::PortLock::acquire(port_min, port_max);
   if (!port) return port.error();
   // The network probe's port (see ssh::wait_until_ready), from the same range.
   std::optional<machine::PortLock> probe;
   if (communicator == "ssh") {
-    auto p = machine::PortLock::acquire(static_cast<int>(number_or(b, "host_port_min", 2222)),
-                                        static_cast<int>(number_or(b, "host_port_max", 4444)));
+    auto p = machine::PortLock::acquire(port_min, port_max);
     if (!p) return p.error();
     probe.emplace(std::move(*p));
   }
@@ -599,8 +599,7 @@ Status launch(rapidjson::Document& record, const Options& options) {
     if (probe) {
       std::ifstream in(plan.run_dir / "qemu.cmdline");
       std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      if (cmdline.find("hostfwd=tcp:127.0.0.1:" + std::to_string(probe->port()) + "-:" +
-                       std::to_string(qemu::kProbeGuestPort)) != std::string::npos)
+      if (cmdline.find(qemu::hostfwd(probe->port(), qemu::kProbeGuestPort)) != std::string::npos)
         probe_port = probe->port();
     }
     auto ready = ssh::ready_session({"127.0.0.1", port->port(), user}, cred,

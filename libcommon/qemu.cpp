@@ -39,6 +39,10 @@ void add(std::vector<Switch>& list, const std::string& name, std::vector<std::st
 
 }  // namespace
 
+std::string hostfwd(int host_port, int guest_port) {
+  return "hostfwd=tcp:127.0.0.1:" + std::to_string(host_port) + "-:" + std::to_string(guest_port);
+}
+
 Result<std::vector<std::string>> command_line(const Value& b, const Inputs& in) {
   std::vector<Switch> defaults;
   const std::string name = string_or(b, "vm_name", "packer");
@@ -52,12 +56,9 @@ Result<std::vector<std::string>> command_line(const Value& b, const Inputs& in) 
       {"type=" + string_or(b, "machine_type", "pc") + ",accel=" + in.accelerator});
   int ssh_port = static_cast<int>(whole(b, "ssh_port", 22));
   std::string netdev = "user,id=user.0";
-  if (in.ssh_host_port > 0)
-    netdev += ",hostfwd=tcp:127.0.0.1:" + std::to_string(in.ssh_host_port) +
-              "-:" + std::to_string(ssh_port);
+  if (in.ssh_host_port > 0) netdev += "," + hostfwd(in.ssh_host_port, ssh_port);
   if (in.ssh_host_port > 0 && in.probe_host_port > 0)
-    netdev += ",hostfwd=tcp:127.0.0.1:" + std::to_string(in.probe_host_port) +
-              "-:" + std::to_string(kProbeGuestPort);
+    netdev += "," + hostfwd(in.probe_host_port, kProbeGuestPort);
   add(defaults, "-netdev", {netdev});
   add(defaults, "-device", {string_or(b, "net_device", "virtio-net") + ",netdev=user.0"});
   std::string drive = "file=" + in.disk + ",if=" + string_or(b, "disk_interface", "virtio") +

@@ -19,6 +19,10 @@ namespace kiln::qemu {
 /// ssh::wait_until_ready).
 constexpr int kProbeGuestPort = 1;
 
+/// The -netdev user option that forwards 127.0.0.1:`host_port` to the
+/// guest's `guest_port`: "hostfwd=tcp:127.0.0.1:H-:G".
+std::string hostfwd(int host_port, int guest_port);
+
 /// What the launcher decided before qemu starts.
 struct Inputs {
   std::string accelerator;           ///< "kvm" or "tcg", already decided
