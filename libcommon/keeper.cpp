@@ -144,9 +144,8 @@ class Server {
 
   void serve() {
     while (alive(supervisor_fd_, supervisor_) && !signals::interrupted()) {
-      pollfd p[3] = {{listen_, POLLIN, 0},
-                     {supervisor_fd_.get(), POLLIN, 0},
-                     {signals::wake_fd(), POLLIN, 0}};
+      pollfd p[3] = {
+          {listen_, POLLIN, 0}, {supervisor_fd_.get(), POLLIN, 0}, {signals::wake_fd(), POLLIN, 0}};
       int n = ::poll(p, 3, kLookEveryMs);
       if (n <= 0 || !p[0].revents) continue;
       UniqueFd client(::accept4(listen_, nullptr, nullptr, SOCK_CLOEXEC));
@@ -209,8 +208,8 @@ class Server {
     const std::string local = json::string_or(req, "local");
     const std::string remote = json::string_or(req, "remote");
     auto progress = [client](uint64_t done, uint64_t total) {
-      (void)send_all(client, "{\"progress\":[" + std::to_string(done) + "," +
-                                 std::to_string(total) + "]}\n");
+      (void)send_all(
+          client, "{\"progress\":[" + std::to_string(done) + "," + std::to_string(total) + "]}\n");
     };
     auto done = [](const Status& st) {
       return st ? std::string("{\"ok\":true}\n") : error_message(st.error());
@@ -238,8 +237,7 @@ class Server {
     }
     if (op == "upload_directory") return done(comm_.upload_directory(local, remote, progress));
     if (op == "download_file") return done(comm_.download_file(remote, local, progress));
-    if (op == "download_directory")
-      return done(comm_.download_directory(remote, local, progress));
+    if (op == "download_directory") return done(comm_.download_directory(remote, local, progress));
     if (op == "is_directory") {
       auto r = comm_.is_directory(remote);
       if (!r) return error_message(r.error());
@@ -273,8 +271,7 @@ Status start(const std::string& socket_path, const communicator::Target& target,
   int bound = ::bind(listener.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr);
   ::umask(old);
   if (bound != 0 || ::listen(listener.get(), 8) != 0)
-    return Error(Exit::cantcreat,
-                 "cannot listen on " + socket_path + ": " + std::strerror(errno));
+    return Error(Exit::cantcreat, "cannot listen on " + socket_path + ": " + std::strerror(errno));
 
   pid_t child = ::fork();
   if (child < 0) {
@@ -445,8 +442,8 @@ std::string absolute(const std::string& path) {
 
 Result<int> Client::run(const std::string& command, const communicator::Sink& out,
                         const communicator::Sink& err, std::chrono::milliseconds timeout) {
-  auto r = call(request({{"op", "run"}, {"command", command}}, timeout.count(), "timeout_ms"),
-                out, err, {});
+  auto r = call(request({{"op", "run"}, {"command", command}}, timeout.count(), "timeout_ms"), out,
+                err, {});
   if (!r) return r.error();
   return static_cast<int>(json::number_or(r->doc, "status", 0));
 }
@@ -460,33 +457,32 @@ Status Client::upload_file(const std::string& local, const std::string& remote,
 }
 
 Status Client::upload_data(std::string_view data, const std::string& remote, int mode) {
-  auto r = call(request({{"op", "upload_data"}, {"data", base64(data)}, {"remote", remote}},
-                        mode, "mode"),
-                {}, {}, {});
+  auto r = call(
+      request({{"op", "upload_data"}, {"data", base64(data)}, {"remote", remote}}, mode, "mode"),
+      {}, {}, {});
   return done(r);
 }
 
 Status Client::upload_directory(const std::string& local, const std::string& remote,
                                 const Communicator::Progress& progress) {
-  auto r = call(
-      request({{"op", "upload_directory"}, {"local", absolute(local)}, {"remote", remote}}), {},
-      {}, progress);
+  auto r =
+      call(request({{"op", "upload_directory"}, {"local", absolute(local)}, {"remote", remote}}),
+           {}, {}, progress);
   return done(r);
 }
 
 Status Client::download_file(const std::string& remote, const std::string& local,
                              const Communicator::Progress& progress) {
-  auto r =
-      call(request({{"op", "download_file"}, {"local", absolute(local)}, {"remote", remote}}), {},
-           {}, progress);
+  auto r = call(request({{"op", "download_file"}, {"local", absolute(local)}, {"remote", remote}}),
+                {}, {}, progress);
   return done(r);
 }
 
 Status Client::download_directory(const std::string& remote, const std::string& local,
                                   const Communicator::Progress& progress) {
-  auto r = call(
-      request({{"op", "download_directory"}, {"local", absolute(local)}, {"remote", remote}}),
-      {}, {}, progress);
+  auto r =
+      call(request({{"op", "download_directory"}, {"local", absolute(local)}, {"remote", remote}}),
+           {}, {}, progress);
   return done(r);
 }
 

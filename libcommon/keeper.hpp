@@ -38,8 +38,8 @@ namespace kiln::keeper {
 /// Starts the keeper of a machine: binds `socket_path` (mode 0600), then
 /// forks a detached process that serves `session` (logged in to `target`)
 /// there until the process `supervisor_pid` ends, writing its log to
-/// `log_path` and its pid to keeper.pid beside the socket. This process gives the session up without a word to the
-/// server. Errors: Exit::cantcreat (the socket), Exit::software (fork).
+/// `log_path` and its pid to keeper.pid beside the socket. This process gives the session up
+/// without a word to the server. Errors: Exit::cantcreat (the socket), Exit::software (fork).
 Status start(const std::string& socket_path, const communicator::Target& target,
              ssh::Session session, int supervisor_pid, const std::string& log_path);
 
